@@ -1,0 +1,210 @@
+"""Tests of cryonb.projection: adjointness, Fourier-slice vs real space, peer data (cryoDRGN's toy
+and hand stacks), Gaussian-mixture rendering, ImageFormation and bad input."""
+import pickle
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+import cryonb.projection as P
+from cryonb.core import InputError
+from cryonb.ctf import CTFParams, ctf_2d
+from cryonb.fourier import fft2c, ifft2c
+
+DATA = Path(__file__).parent / "data"
+
+
+def _path(name):
+    try:
+        from cryonb.io import test_data_path
+        return Path(test_data_path(name))
+    except (ImportError, AttributeError):
+        return DATA / name
+
+
+def read_mrc(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.open(_path(name), permissive=True) as m:
+            return torch.from_numpy(np.array(m.data, dtype=np.float32))
+
+
+def read_pkl(name):
+    with open(_path(name), "rb") as f:
+        return torch.from_numpy(np.asarray(pickle.load(f), dtype=np.float32))
+
+
+def corr(a, b):
+    a = a - a.mean((-1, -2), keepdim=True)
+    b = b - b.mean((-1, -2), keepdim=True)
+    return (a * b).sum((-1, -2)) / (a.norm(dim=(-1, -2)) * b.norm(dim=(-1, -2)))
+
+
+def rand_rot(n, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=g, dtype=dtype))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    return q * torch.linalg.det(q).sign()[:, None, None]
+
+
+def gauss_map(D, centres, widths, weights, dtype=torch.float64):
+    i = torch.arange(D, dtype=dtype) - D // 2
+    z, y, x = torch.meshgrid(i, i, i, indexing="ij")
+    return sum(w * torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * s * s))
+               for c, s, w in zip(centres, widths, weights))
+
+
+RZ90 = torch.tensor([[0., -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- adjointness
+@pytest.mark.parametrize("D,os_", [(16, 2), (15, 2), (12, 3), (10, 1)])
+def test_adjoint_fourier_and_real(D, os_):
+    g = torch.Generator().manual_seed(D)
+    x = torch.randn(D, D, D, dtype=torch.float64, generator=g)
+    R = rand_rot(6, D)
+    y = torch.randn(6, D, D, dtype=torch.complex128, generator=g)
+    lhs = (P.project(P.prepare_volume(x, os_), R).conj() * y).real.sum()
+    rhs = (x * P.backproject(y, R, D, os_)).sum()
+    assert abs(lhs - rhs) / abs(lhs) < 1e-10
+    yr = torch.randn(6, D, D, dtype=torch.float64, generator=g)
+    lhs = (P.project_images(x, R, os_) * yr).sum()
+    rhs = (x * P.backproject_images(yr, R, os_)).sum()
+    assert abs(lhs - rhs) / abs(lhs) < 1e-10
+
+
+def test_slice_insert_adjoint_and_chunking(monkeypatch):
+    g = torch.randn(20, 20, 20, dtype=torch.complex128)
+    R = rand_rot(9, 4)
+    y = torch.randn(9, 10, 10, dtype=torch.complex128)
+    s_full, i_full = P.slice_grid(g, R, 10), P.insert_grid(y, R, 20)
+    assert abs((s_full.conj() * y).sum() - (g.conj() * i_full).sum()) < 1e-10 * abs((s_full.conj() * y).sum())
+    monkeypatch.setattr(P, "_chunk", lambda B, *a, **k: 2)    # force 2 images per chunk
+    torch.testing.assert_close(P.slice_grid(g, R, 10), s_full)
+    torch.testing.assert_close(P.insert_grid(y, R, 20), i_full)
+
+
+def test_identity_slice_is_grid_plane():
+    g = torch.randn(16, 16, 16, dtype=torch.complex128)
+    torch.testing.assert_close(P.slice_grid(g, torch.eye(3, dtype=torch.float64), 8)[0], g[8, ::2, ::2])
+
+
+# ---------------------------------------------------------------- Fourier slice vs real space
+def test_fourier_vs_real_space_smooth_map():
+    D = 32
+    V = gauss_map(D, [(5, 0, 0), (0, -6, 2), (-3, 3, -5)], [2.5, 2.0, 3.0], [1.0, 0.7, 0.5])
+    R = rand_rot(12, 11)
+    c = corr(P.project_images(V, R), P.project_real(V, R))
+    assert c.min() > 0.999
+
+
+def test_rotation_about_z_maps_x_to_y():
+    D = 32
+    V = gauss_map(D, [(6, 0, 0)], [2.0], [1.0])
+    for p in (P.project_images(V, RZ90)[0], P.project_real(V, RZ90)[0]):
+        assert divmod(int(p.argmax()), D) == (D // 2 + 6, D // 2)
+    img = P.render_gmm_2d(torch.tensor([[6.0, 0, 0]]), torch.ones(1), 2.0, RZ90.float(), D, 1.0)
+    assert divmod(int(img.argmax()), D) == (D // 2 + 6, D // 2)
+
+
+# ---------------------------------------------------------------- peer data
+def test_toy_projections_match_cryodrgn_stack():
+    vol = read_mrc("toymodel_small_nocenter.mrc")
+    imgs, rots = read_mrc("toy_projections.mrcs"), read_pkl("toy_angles.pkl")
+    assert imgs.shape == (1000, 30, 30) and rots.shape == (1000, 3, 3)
+    c = corr(P.project_images(vol, rots), imgs)
+    assert c.min() > 0.9 and c.mean() > 0.99
+    # the line-integral normalisation: image sums follow the map sum (toy images sum to ~180 = map sum)
+    s = P.project_images(vol, rots[:20]).sum((-1, -2)) / imgs[:20].sum((-1, -2))
+    assert ((s - 1).abs() < 0.06).all()
+    assert corr(P.project_images(vol, rots[:100].transpose(1, 2)), imgs[:100]).mean() < 0.7
+    assert corr(P.project_images(vol.flip(0), rots[:100]), imgs[:100]).mean() < 0.95
+
+
+def test_hand_stack_consistent_with_poses():
+    """Reconstruct hand.mrcs with its poses (insert_grid + weights), reproject, compare: consistent
+    with A; inconsistent with Aᵀ (the other convention)."""
+    imgs, rots = read_mrc("hand.mrcs").double(), read_pkl("hand_rot.pkl").double()
+    D, M = 64, 128
+
+    def recon_reproject(R):
+        num = P.insert_grid(fft2c(imgs.to(torch.complex128)), R, M)
+        den = P.insert_grid(torch.ones(len(R), D, D, dtype=torch.float64), R, M)
+        vol = P.grid_to_volume(num / (den + 1.0), D)
+        return corr(P.project_images(vol, R), imgs)
+
+    good, bad = recon_reproject(rots), recon_reproject(rots.transpose(1, 2))
+    assert good.mean() > 0.9, good.mean()
+    assert bad.mean() < good.mean() - 0.2, (good.mean(), bad.mean())
+
+
+# ---------------------------------------------------------------- Gaussian mixtures
+def test_gmm_render_consistency_and_grad():
+    g = torch.Generator().manual_seed(3)
+    coords = (torch.rand(20, 3, generator=g, dtype=torch.float64) - 0.5) * 12
+    amps = torch.rand(20, generator=g, dtype=torch.float64) + 0.5
+    sig = torch.rand(20, generator=g, dtype=torch.float64) + 2.0
+    D, apix = 32, 1.2
+    R = rand_rot(10, 2)
+    img = P.render_gmm_2d(coords, amps, sig, R, D, apix)
+    vol = P.render_gmm_3d(coords, amps, sig, D, apix)
+    assert torch.allclose(img.sum((-1, -2)), amps.sum().expand(10), rtol=1e-4)
+    assert torch.allclose(vol.sum(), amps.sum(), rtol=1e-4)
+    assert corr(P.project_real(vol, R), img).min() > 0.999
+    assert ((P.project_images(vol, R) - img).norm() / img.norm()) < 0.02
+    c4 = coords[:4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda c: P.render_gmm_2d(c, amps[:4], sig[:4], R[:2], 10, apix, cutoff_sigma=None), (c4,))
+    assert torch.autograd.gradcheck(lambda c: P.render_gmm_3d(c, amps[:4], sig[:4], 8, apix, cutoff_sigma=None), (c4,))
+
+
+# ---------------------------------------------------------------- ImageFormation
+def test_image_formation_paths_agree():
+    coords = torch.tensor([[6.0, 0, 0], [-4, 5, 2], [0, -7, -3]])
+    amps = torch.tensor([1.0, 2.0, 0.5])
+    D, apix, B = 32, 1.5, 5
+    vol = P.render_gmm_3d(coords, amps, 2.5, D, apix)
+    R = rand_rot(B, 9).float()
+    shifts = torch.randn(B, 2) * 3
+    ctf = CTFParams(*[torch.full((B,), v) for v in (12000.0, 11000.0, 10.0, 300.0, 2.7, 0.07)])
+    a = P.ImageFormation(D, apix, volume=vol)(R, shifts, ctf)
+    b = P.ImageFormation(D, apix, coords=coords, amplitudes=amps, sigma=2.5)(R, shifts, ctf)
+    assert ((a - b).norm() / b.norm()) < 0.02
+    # a map path with shift == manual chain
+    ref = ifft2c(ctf_2d(ctf, D, apix) * fft2c(P.render_gmm_2d(coords, amps, 2.5, R, D, apix, shifts_A=shifts))).real
+    torch.testing.assert_close(b, ref)
+    # VolumeFT input and parameter input give the same images as the plain map
+    c = P.ImageFormation(D, apix, volume=P.prepare_volume(vol))(R, shifts, ctf)
+    d = P.ImageFormation(D, apix, volume=torch.nn.Parameter(vol.clone()))(R, shifts, ctf)
+    torch.testing.assert_close(a, c)
+    torch.testing.assert_close(a, d.detach())
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input():
+    v = torch.rand(8, 8, 8)
+    with pytest.raises(InputError, match="cubic"):
+        P.prepare_volume(torch.rand(8, 8, 6))
+    with pytest.raises(InputError, match="NaN"):
+        P.prepare_volume(torch.full((8, 8, 8), float("nan")))
+    with pytest.raises(InputError, match="oversampling"):
+        P.prepare_volume(torch.rand(9, 9, 9), 1.5)
+    with pytest.raises(InputError, match="rotations"):
+        P.project(P.prepare_volume(v), torch.eye(4)[None])
+    with pytest.raises(InputError, match="does not match"):
+        P.slice_grid(torch.zeros(20, 20, 20, dtype=torch.complex64), torch.eye(3)[None], 8)
+    with pytest.raises(InputError, match="poses"):
+        P.insert_grid(torch.zeros(3, 8, 8), torch.eye(3).expand(2, 3, 3), 16)
+    with pytest.raises(InputError, match="images_ft"):
+        P.backproject(torch.zeros(3, 8, 7, dtype=torch.complex64), torch.eye(3).expand(3, 3, 3), 8)
+    with pytest.raises(InputError, match="sigma"):
+        P.render_gmm_2d(torch.zeros(2, 3), torch.ones(2), -1.0, torch.eye(3)[None], 8, 1.0)
+    f = P.ImageFormation(8, 1.0, volume=v)
+    with pytest.raises(InputError, match="shifts_A"):
+        f(torch.eye(3).expand(3, 3, 3), torch.zeros(2, 2))
+    with pytest.raises(InputError, match="volume"):
+        P.ImageFormation(8, 1.0, volume=torch.rand(6, 6, 6))
+    with pytest.raises(InputError, match="coords"):
+        f(torch.eye(3)[None], coords=torch.zeros(1, 3))
