@@ -89,8 +89,9 @@ def test_stack_path_resolves_nowhere_lists_paths_tried(tmp_path):
         cio.load_particles(tmp_path / "d.star", datadir=tmp_path / "nowhere")
     msg = str(e.value)
     assert isinstance(e.value, FileNotFoundError)
-    assert "d.star" in msg and "toy_images_a.mrcs" in msg
-    assert str(tmp_path / "nowhere" / "toy_images_a.mrcs") in msg and str(tmp_path / "toy_images_a.mrcs") in msg
+    assert "d.star" in msg and "2 of 2 image stacks not found" in msg
+    for stack in ("toy_images_a.mrcs", "toy_images_b.mrcs"):
+        assert str(tmp_path / "nowhere" / stack) in msg and str(tmp_path / stack) in msg
     # and with the right datadir it loads
     assert len(cio.load_particles(tmp_path / "d.star", datadir=T("toy_datadir"))) == 1000
 
