@@ -1,0 +1,116 @@
+"""`cryonb sieve-core` and `cryonb sieve` command lines: flags of the reference tools, outputs, errors,
+RELION called as a subprocess with the reference's flags (with stand-in scripts), resumability."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import starfile
+
+from cryonb.cli import main
+from cryonb.methods import cryosieve as cs
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory):
+    return cs.blob_dataset(tmp_path_factory.mktemp("cli"), n=120, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=21)
+
+
+def test_sieve_core_cli_matches_function(blob, tmp_path, capsys):
+    argv = ["sieve-core", "--i", str(blob["star"]), "--o", str(tmp_path / "out.star"), "--volume", str(blob["map"]),
+            "--volume", str(blob["map"]), "--mask", str(blob["mask"]), "--retention_ratio", "0.75", "--frequency", "20",
+            "--device", "cpu", "--batch_size", "32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "half-set 1: 60 particles, 45 kept" in out and "half-set 2: 60 particles, 45 kept" in out
+    r = cs.sieve_core(blob["star"], tmp_path / "fn.star", [blob["map"]] * 2, 20.0, mask=blob["mask"], retention_ratio=0.75,
+                      device="cpu", verbose=False)
+    a = starfile.read(tmp_path / "out.star")["particles"]["rlnImageName"].tolist()
+    b = starfile.read(tmp_path / "fn.star")["particles"]["rlnImageName"].tolist()
+    assert a == b and len(a) == 90
+    assert (tmp_path / "out_sieved.star").is_file()
+
+
+def test_sieve_core_cli_errors(blob, tmp_path, capsys):
+    assert main(["sieve-core", "--i", str(tmp_path / "missing.star"), "--o", str(tmp_path / "o.star"), "--volume", str(blob["map"]),
+                 "--frequency", "20", "--device", "cpu"]) == 2
+    assert "missing.star" in capsys.readouterr().err
+    assert main(["sieve-core", "--i", str(blob["star"]), "--o", str(tmp_path / "o.star"), "--volume", str(blob["map"]),
+                 "--frequency", "20", "--device", "cpu"]) == 2
+    assert "one --volume per half-set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):          # argparse: --frequency is required, as in the reference
+        main(["sieve-core", "--i", str(blob["star"]), "--o", "x.star", "--volume", str(blob["map"])])
+
+
+def test_console_script_help():
+    r = subprocess.run([sys.executable, "-c", "import sys; from cryonb.cli import main; sys.exit(main(sys.argv[1:]))",
+                        "sieve-core", "-h"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for flag in ("--i", "--o", "--directory", "--angpix", "--volume", "--mask", "--retention_ratio", "--frequency", "--balance", "--num_gpus"):
+        assert flag in r.stdout
+
+
+FAKE_RECONSTRUCT = r'''
+import json, sys, os, shutil
+args = sys.argv[1:]
+log = os.environ["FAKE_RELION_LOG"]
+with open(log, "a") as f: f.write(json.dumps({"tool": "reconstruct", "argv": args, "cwd": os.getcwd()}) + "\n")
+o = args[args.index("--o") + 1]
+shutil.copy(os.environ["FAKE_RELION_MAP"], o)       # stands in for relion_reconstruct's half-map
+'''
+
+FAKE_POSTPROCESS = r'''
+import json, sys, os
+with open(os.environ["FAKE_RELION_LOG"], "a") as f: f.write(json.dumps({"tool": "postprocess", "argv": sys.argv[1:]}) + "\n")
+'''
+
+
+def test_sieve_driver_with_relion_commands(blob, tmp_path, monkeypatch):
+    "RELION binaries are called with the reference's flags, in the particle directory; outputs and report follow."
+    (tmp_path / "rec.py").write_text(FAKE_RECONSTRUCT); (tmp_path / "pp.py").write_text(FAKE_POSTPROCESS)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_RELION_LOG", str(log)); monkeypatch.setenv("FAKE_RELION_MAP", str(blob["map"]))
+    prefix = str(tmp_path / "run") + "/"
+    argv = ["sieve", "--reconstruct_software", f"{sys.executable} {tmp_path / 'rec.py'}", "--postprocess_software",
+            f"{sys.executable} {tmp_path / 'pp.py'}", "--i", str(blob["star"]), "--o", prefix, "--angpix", "2.0",
+            "--mask", str(blob["mask"]), "--num_iters", "2", "--frequency_start", "40", "--frequency_end", "10",
+            "--retention_ratio", "0.8", "--device", "cpu"]
+    assert main(argv) == 0
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    rec = [c for c in calls if c["tool"] == "reconstruct"]
+    assert len(rec) == 4 and len([c for c in calls if c["tool"] == "postprocess"]) == 2
+    a = rec[0]["argv"]
+    for flag, val in (("--angpix", "2.0"), ("--sym", "C1"), ("--ctf", "true")):
+        assert a[a.index(flag) + 1] == val
+    assert sorted(c["argv"][c["argv"].index("--subset") + 1] for c in rec[:2]) == ["1", "2"]
+    assert all(c["cwd"] == str(blob["star"].parent) for c in rec)     # run where the image paths resolve
+    p = [c for c in calls if c["tool"] == "postprocess"][0]["argv"]
+    for flag in ("--mask", "--i", "--i2", "--o", "--angpix", "--auto_bfac", "--autob_lowres"):
+        assert flag in p
+    n = [len(starfile.read(prefix + f"_iter{i}.star")["particles"]) for i in range(3)]
+    assert n == [120, 96, 76]          # round(0.8*60)=48 per half-set, then round(0.8*48)=round(38.4)=38
+    st = json.loads((tmp_path / "run" / "_state.json").read_text())
+    assert [r["frequency_A"] for r in st["iterations"]] == [40.0, 10.0]
+    assert (tmp_path / "run" / "report.html").is_file()
+    # rerun: everything finished, RELION is not called again
+    assert main(argv) == 0
+    assert len(log.read_text().splitlines()) == len(calls)
+
+
+def test_sieve_driver_prefix_and_balance(blob, tmp_path):
+    "A non-directory prefix (`run/job`), cryonb's own reconstruction + post-processing, seeded --balance."
+    b = starfile.read(blob["star"], always_dict=True)
+    b["particles"]["rlnRandomSubset"] = np.where(np.arange(120) < 70, 1, 2)
+    starfile.write(b, tmp_path / "unbal.star", overwrite=True)
+    import shutil; shutil.copy(blob["stack"], tmp_path / "particles.mrcs")
+    for seed_dir in ("a", "b"):
+        assert main(["sieve", "--i", str(tmp_path / "unbal.star"), "--o", str(tmp_path / seed_dir / "job"), "--mask", str(blob["mask"]),
+                     "--num_iters", "1", "--frequency_start", "20", "--frequency_end", "20", "--balance", "--seed", "3",
+                     "--postprocess", "--device", "cpu"]) == 0
+    it0 = [starfile.read(tmp_path / s / "job_iter0.star")["particles"] for s in ("a", "b")]
+    assert it0[0]["rlnImageName"].tolist() == it0[1]["rlnImageName"].tolist()          # seeded
+    assert it0[0]["rlnRandomSubset"].value_counts().to_dict() == {1: 50, 2: 50}
+    assert (tmp_path / "a" / "job_iter1.star").is_file() and (tmp_path / "a" / "job_report.html").is_file()
+    assert (tmp_path / "a" / "job_postprocess_iter0" / "postprocess.mrc").is_file()
+    assert len(starfile.read(tmp_path / "a" / "job_iter1.star")["particles"]) == 80
