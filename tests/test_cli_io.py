@@ -98,3 +98,29 @@ def test_console_script_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys; from cryonb.cli import main; sys.exit(main(sys.argv[1:]))",
                         "info", str(T("relion31.star"))], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "5 particles" in r.stdout
+
+
+def test_downsample_relion30_star_with_pixel_origins(tmp_path):
+    """RELION 3.0 layout: origins in pixels and apix from detector/magnification must both be rescaled."""
+    import shutil
+    m0 = cio.load_particles(T("relion31.star"))
+    p, o = cio.read_star(T("relion31.star"))
+    p = p.drop(columns=["rlnOriginXAngst", "rlnOriginYAngst", "rlnOpticsGroup"])
+    p["rlnOriginX"], p["rlnOriginY"] = m0.shifts_px[:, 0], m0.shifts_px[:, 1]
+    p["rlnDetectorPixelSize"], p["rlnMagnification"] = 2.806, 10000.0
+    for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"): p[c] = o[c].iloc[0]
+    cio.write_star(tmp_path / "r30.star", p)
+    shutil.copy(T("relion31.mrcs"), tmp_path)
+    assert main(["downsample", str(tmp_path / "r30.star"), "-D", "64", "-o", str(tmp_path / "out" / "d.star")]) == 1  # no folder
+    (tmp_path / "out").mkdir()
+    assert main(["downsample", str(tmp_path / "r30.star"), "-D", "64", "-o", str(tmp_path / "out" / "d.star")]) == 0
+    m1 = cio.load_particles(tmp_path / "out" / "d.star")
+    assert m1.D == 64 and m1.apix == pytest.approx(4 * 2.806)
+    np.testing.assert_allclose(m1.shifts_A.numpy(), m0.shifts_A.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m1.shifts_px, m0.shifts_px / 4, rtol=1e-6, atol=1e-9)
+
+
+def test_downsample_txt_to_star(tmp_path):
+    assert main(["downsample", str(T("toy_projections.txt")), "-D", "10", "-o", str(tmp_path / "t.star")]) == 0
+    m = cio.load_particles(tmp_path / "t.star")
+    assert len(m) == 1000 and m.D == 10 and m.apix == pytest.approx(3.0) and m.optics is not None
