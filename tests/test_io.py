@@ -260,3 +260,15 @@ def test_pdb_and_multimodel_round_trip(tmp_path):
     import gemmi
     st = gemmi.read_structure(str(tmp_path / "e.pdb"))
     assert len(st) == 3 and st[2].count_atom_sites() == 1656
+
+
+@pytest.mark.parametrize("dtype", ["<i2", "<u2", "<f2", ">f4", "i1"])
+def test_stack_modes_and_byte_order(tmp_path, dtype):
+    from cryonb.data import ParticleDataset
+    x = (np.random.default_rng(3).normal(size=(6, 10, 10)) * 20).astype(dtype)
+    with mrcfile.new(tmp_path / "m.mrcs") as m:
+        m.set_data(x); m.set_image_stack(); m.voxel_size = 2.0
+    ds = ParticleDataset(tmp_path / "m.mrcs")
+    b = ds[np.arange(6)]
+    assert b["images"].dtype == torch.float32 and ds.apix == pytest.approx(2.0)
+    np.testing.assert_array_equal(b["images"].numpy(), x.astype(np.float32))
