@@ -118,3 +118,19 @@ def test_analyze_save(tmp_path, zreal):
     assert np.loadtxt(out / "pc2" / "z_values.txt").shape == (4, 8)
     emb, labels = res.embedding()
     assert labels == ("PC1", "PC2") and emb.shape == (4549, 2)
+
+
+def test_cli_analyze(tmp_path):
+    from cryonb.analysis import cli_analyze
+    z = np.random.default_rng(0).normal(size=(200, 3))
+    np.save(tmp_path / "z.npy", z)
+    np.savetxt(tmp_path / "lab.txt", np.arange(200) % 4)
+    rc = cli_analyze([str(tmp_path / "z.npy"), "-o", str(tmp_path / "out"), "--ksample", "4", "--no-umap",
+                      "--color", str(tmp_path / "lab.txt"), "--path", "3", "150"])
+    assert rc == 0
+    out = tmp_path / "out"
+    assert (out / "report.html").stat().st_size > 4e6
+    ind = np.loadtxt(out / "path" / "ind.txt", dtype=int)
+    assert ind[0] == 3 and ind[-1] == 150
+    assert np.loadtxt(out / "kmeans4" / "centers.txt").shape == (4, 3)
+    assert cli_analyze([str(tmp_path / "missing.npy")]) == 1

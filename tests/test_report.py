@@ -73,3 +73,22 @@ def test_map_slices_from_real_file():
     assert np.asarray(fig.data[0].z).shape == (D, D)
     np.testing.assert_allclose(np.asarray(fig.data[0].z), np.asarray(vol)[D // 2], rtol=1e-6)
     assert fig.data[0].x[1] - fig.data[0].x[0] == pytest.approx(apix)
+
+
+def test_report_renders_offline_in_headless_browser(tmp_path):
+    """The written file draws every figure in a real browser with no network (plotly.js inlined)."""
+    import shutil, subprocess
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on this machine")
+    k = np.arange(16) / 32.0
+    rep = (Report("browser").add_figure(fsc_figure({"a": (k, 1 - 2 * k)}, apix=1.0))
+           .add_figure(line_figure(None, [1.0, 0.5, 0.25])))
+    p = rep.write(tmp_path / "r.html")
+    try:
+        dom = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                              "--dump-dom", p.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    except subprocess.TimeoutExpired:
+        pytest.skip("headless browser did not finish")
+    assert dom.count('class="plot-container plotly"') == 2
+    assert "0.143: " in dom   # the legend with the resolution was drawn
