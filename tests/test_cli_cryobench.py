@@ -89,6 +89,25 @@ def test_evaluate_poses_only(bench):
     assert np.degrees(np.arccos(np.clip((np.trace(fit.T @ G) - 1) / 2, -1, 1))) < 0.01
 
 
+def test_mask(bench, capsys):
+    root, sd = bench
+    k = np.arange(32) - 16
+    mask = (np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2) < 10).astype(np.float32)
+    write_map(root / "mask.mrc", mask, 2.5)
+    args = ["--dataset", root / "ds", "--volumes", str(root / "kmeans" / "vol_*.mrc"), "--volume-labels",
+            root / "kmeans" / "labels.pkl", "--embedding", "none"]
+    assert run([*args, "--mask", root / "mask.mrc", "-o", root / "m1"]) == 0
+    t = pd.read_csv(root / "m1" / "per_state_fsc.csv")
+    assert np.allclose(t.auc, 15 / 32)
+    from cryonb import cryobench as cb                        # the masked curve is the FSC of the masked maps
+    f, c = cb.fsc_curve(read_map(sd.gt_maps[0])[0] * mask, two_blob(-3.0).numpy() * mask)
+    f2, c2 = cb.fsc_curve(read_map(sd.gt_maps[0])[0], two_blob(-3.0).numpy(), mask=mask)
+    assert np.allclose(c, c2)
+    write_map(root / "mask_bad.mrc", mask[:30, :30, :30], 2.5)
+    assert run([*args, "--mask", root / "mask_bad.mrc", "-o", root / "m2"]) == 2
+    assert "mask" in capsys.readouterr().err
+
+
 def test_errors(bench, capsys):
     root, sd = bench
     assert run(["--dataset", root / "nope", "--z", root / "z.npy", "-o", root / "e1"]) == 2
