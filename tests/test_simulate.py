@@ -212,3 +212,24 @@ def test_cryodrgn_reads_our_files(small, tmp_path):
     np.testing.assert_allclose(trans * D * APIX, meta.shifts_A.numpy(), atol=1e-4)
     params = cctf.load_ctf_for_training(D, str(clean.ctf))
     np.testing.assert_allclose(params[:, 1], meta.ctf.defocus_u.numpy(), atol=0.1)
+
+
+def test_ctf_tables_from_real_files():
+    "Experimental CTF tables (cryoDRGN fixtures): a ctf.pkl, a RELION star and a cryoSPARC .cs."
+    from cryonb.simulate import sample_ctf, load_ctf_table
+    pkl, star = cio.test_data_path("ctf1.pkl"), cio.test_data_path("FinalRefinement-OriginalParticles-PfCRT.star")
+    cs, cs_pkl = cio.test_data_path("cryosparc_P12_J24_001_particles.cs"), cio.test_data_path("ctf2.pkl")
+    t_pkl = load_ctf_table(pkl)
+    with pytest.raises(ValueError, match="amplitude_contrast"):
+        load_ctf_table(star)                                     # this star has no rlnAmplitudeContrast
+    with pytest.warns(UserWarning, match="amplitude_contrast"):
+        t_star = load_ctf_table(star, fill={"amplitude_contrast": 0.1})
+    assert np.allclose(t_star.amplitude_contrast.numpy(), 0.1)
+    np.testing.assert_allclose(t_pkl.defocus_u.numpy(), t_star.defocus_u.numpy(), rtol=1e-5)   # ctf1.pkl came from this star
+    t_cs = load_ctf_table(cs)
+    np.testing.assert_allclose(t_cs.defocus_u.numpy(), cio.read_ctf_pkl(cs_pkl)[:, 2], rtol=1e-5)
+    n = min(len(t_cs), 50)
+    s = sample_ctf(n, table=cs, seed=4, bfactor=10.0)
+    assert len(set(s.defocus_u.tolist())) == len(set(t_cs.defocus_u[torch.as_tensor(
+        np.isin(t_cs.defocus_u.numpy(), s.defocus_u.numpy()))].tolist()))
+    assert set(s.defocus_u.tolist()) <= set(t_cs.defocus_u.tolist()) and (s.bfactor == 10.0).all()
