@@ -133,3 +133,23 @@ def test_trajectory_player_maps_and_paths(tmp_path):
     assert tp.play.value == 2                                  # linked both ways
     with pytest.raises(InputError, match="kind"):
         W.TrajectoryPlayer(frames, kind="movie")
+
+
+def test_particle_gallery_real_ctf():
+    """Real EMPIAR-10076 particles: the table shows the STAR's defocus (read independently with starfile) and
+    the CTF panel is cryonb.ctf.ctf_2d of each particle's parameters."""
+    import starfile
+    from cryonb.data import ParticleDataset
+    from cryonb.ctf import ctf_2d
+    star = data_path("empiar_10076_7.star")
+    ds = ParticleDataset(star)
+    gal = W.ParticleGallery(ds, n_rows=1, n_cols=4)
+    df = gal.page_info(gal.indices)
+    ref = starfile.read(star)
+    np.testing.assert_allclose(df["defocus_u (Å)"], ref["rlnDefocusU"].to_numpy()[:4], rtol=1e-6)
+    assert gal.fig.fig.layout.annotations[0].text.endswith(f"{(ref['rlnDefocusU'][0] + ref['rlnDefocusV'][0]) / 2e4:.2f} µm")
+    gal.show_buttons.value = "CTF"
+    np.testing.assert_allclose(np.asarray(gal.fig.fig.data[1].z), ctf_2d(ds[[1]]["ctf"], ds.D, ds.apix)[0].numpy(), atol=1e-6)
+    gal.page_slider.value = 1                               # paging keeps the mode
+    np.testing.assert_allclose(np.asarray(gal.fig.fig.data[2].z), ctf_2d(ds[[6]]["ctf"], ds.D, ds.apix)[0].numpy(), atol=1e-6)
+    assert gal.fig.fig.layout.annotations[3].text == ""
