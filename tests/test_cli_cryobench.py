@@ -68,10 +68,12 @@ def test_evaluate_kmeans_maps_nearest_and_majority(bench):
     for extra, out in ((["--volume-z", root / "kmeans" / "centers.txt"], "out2"),
                        (["--volume-labels", root / "kmeans" / "labels.pkl"], "out3")):
         rc = run(["--dataset", root / "ds", "--z", root / "z.pkl", "--volumes", str(root / "kmeans" / "vol_*.mrc"),
-                  "--embedding", "none", *extra, "-o", root / out])
+                  "--embedding", "none", "--ns-subsets", "3", "--ii-repeats", "2", *extra, "-o", root / out])
         assert rc == 0
         t = pd.read_csv(root / out / "per_state_fsc.csv")
         assert list(t.volume) == [1, 2, 3] and np.allclose(t.auc, 15 / 32)
+        ns = pd.read_csv(root / out / "neighborhood_similarity.csv")
+        assert ns.k.max() <= 0.2 * 50 + 1                                    # k as fractions of N / 3 = 50
 
 
 def test_evaluate_poses_only(bench):
