@@ -189,3 +189,25 @@ def test_errors(blob, tmp_path):
     starfile.write(b, tmp_path / "notilt.star", overwrite=True)
     with pytest.raises(ValueError, match="rlnAngleTilt"):
         cs.SieveParticles(tmp_path / "notilt.star")
+
+
+def test_interleaved_optics_groups_keep_their_rows(tmp_path):
+    """relion31.6opticsgroups.star lists particles by group 6,5,2,1,3,4 (pixel size and Cs differ by group).
+    Synthetic images made from each row's own parameters: the junk is found, and reordering the rows (what the
+    reference's merge does) moves each score with its row."""
+    from cryonb.io import test_data_path
+    d = cs.blob_dataset(tmp_path, n=139, D=32, apix=1.25, junk_fraction=0.2, noise_sigma=2.0, seed=13,
+                        template_star=test_data_path("relion31.6opticsgroups.star"))
+    parts = cs.SieveParticles(d["star"])
+    grp = starfile.read(d["star"])["particles"]["rlnOpticsGroup"].to_numpy()
+    opt = starfile.read(d["star"])["optics"].set_index("rlnOpticsGroup")
+    np.testing.assert_array_equal(parts.apix, opt.loc[grp, "rlnImagePixelSize"].to_numpy())
+    r = cs.sieve_core(d["star"], tmp_path / "o.star", [d["map"]] * 2, 10.0, mask=d["mask"], device="cpu", verbose=False)
+    assert (~r["keep"] & d["junk"]).sum() >= 0.8 * d["junk"].sum()
+    b = starfile.read(d["star"], always_dict=True)
+    perm = np.argsort(grp, kind="stable")
+    b["particles"] = b["particles"].iloc[perm].reset_index(drop=True)
+    starfile.write(b, tmp_path / "sorted.star", overwrite=True)
+    s = cs.score_particles(cs.SieveParticles(tmp_path / "sorted.star"), [d["volume"]] * 2, 10.0,
+                           mask=cs._read_map(d["mask"]), device="cpu")
+    np.testing.assert_allclose(s, r["scores"][perm], rtol=1e-6)
