@@ -201,17 +201,30 @@ def test_cli(tmp_path):
     assert main(["simulate", str(tmp_path / "nope.mrc"), "-o", str(tmp_path / "x")]) == 2
 
 
+def _cryodrgn_exe():
+    import shutil
+    exe = os.environ.get("CRYONB_CRYODRGN") or shutil.which("cryodrgn")    # e.g. a separate venv's bin/cryodrgn
+    if exe is None or not Path(exe).exists(): pytest.skip("cryodrgn not installed (set CRYONB_CRYODRGN to its executable)")
+    return Path(exe)
+
+
 def test_cryodrgn_reads_our_files(small, tmp_path):
-    "Cross-tool: cryoDRGN's own loaders on our pose.pkl/ctf.pkl/mrcs (skipped when cryoDRGN is absent)."
-    pytest.importorskip("cryodrgn")
-    from cryodrgn import ctf as cctf, utils
+    "Cross-tool: cryoDRGN's own loaders (in its own interpreter) on our pose.pkl / ctf.pkl (skipped when absent)."
+    import subprocess
+    py = _cryodrgn_exe().parent / "python"
     _, _, clean = small
-    rot, trans = utils.load_pkl(clean.poses)
+    code = ("import sys, numpy as np; from cryodrgn import utils, ctf; "
+            "r, t = utils.load_pkl(sys.argv[1]); c = ctf.load_ctf_for_training(%d, sys.argv[2]); "
+            "np.save(sys.argv[3], np.concatenate([r.reshape(len(r), 9), t, c], 1))" % D)
+    out = tmp_path / "cd.npy"
+    res = subprocess.run([str(py), "-c", code, str(clean.poses), str(clean.ctf), str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = np.load(out)
     meta = cio.load_particles(clean.star)
-    np.testing.assert_allclose(rot, meta.rotations.numpy(), atol=1e-5)
-    np.testing.assert_allclose(trans * D * APIX, meta.shifts_A.numpy(), atol=1e-4)
-    params = cctf.load_ctf_for_training(D, str(clean.ctf))
-    np.testing.assert_allclose(params[:, 1], meta.ctf.defocus_u.numpy(), atol=0.1)
+    np.testing.assert_allclose(a[:, :9].reshape(-1, 3, 3), meta.rotations.numpy(), atol=1e-5)
+    np.testing.assert_allclose(a[:, 9:11] * D * APIX, meta.shifts_A.numpy(), atol=1e-4)
+    np.testing.assert_allclose(a[:, 11], APIX, rtol=1e-5)                       # cryoDRGN's Apix column
+    np.testing.assert_allclose(a[:, 12], meta.ctf.defocus_u.numpy(), atol=0.1)
 
 
 def test_ctf_tables_from_real_files():
@@ -239,9 +252,8 @@ def test_cryodrgn_backproject_voxel_on_our_files(tmp_path):
     """Cross-tool (issue 4): cryoDRGN's `backproject_voxel` with its defaults (data inverted, cryoDRGN-sign
     CTF) on our .mrcs + pose.pkl + ctf.pkl reproduces the ground truth with a positive correlation.
     Skipped when cryoDRGN is not installed."""
-    import shutil, subprocess
-    exe = os.environ.get("CRYONB_CRYODRGN") or shutil.which("cryodrgn")    # e.g. a separate venv's bin/cryodrgn
-    if exe is None or not Path(exe).exists(): pytest.skip("cryodrgn not installed (set CRYONB_CRYODRGN to its executable)")
+    import subprocess
+    exe = _cryodrgn_exe()
     maps = _maps(1)
     ds = simulate_dataset(maps, tmp_path / "d", n_per_state=600, apix=APIX, snr=None, seed=1, max_shift_px=2)
     r = subprocess.run([exe, "backproject_voxel", str(ds.stacks[0]), "--poses", str(ds.poses), "--ctf", str(ds.ctf),
