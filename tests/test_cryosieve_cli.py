@@ -114,3 +114,12 @@ def test_sieve_driver_prefix_and_balance(blob, tmp_path):
     assert (tmp_path / "a" / "job_iter1.star").is_file() and (tmp_path / "a" / "job_report.html").is_file()
     assert (tmp_path / "a" / "job_postprocess_iter0" / "postprocess.mrc").is_file()
     assert len(starfile.read(tmp_path / "a" / "job_iter1.star")["particles"]) == 80
+
+
+def test_sieve_cli_errors(blob, tmp_path, capsys):
+    base = ["--i", str(blob["star"]), "--o", str(tmp_path / "r") + "/", "--num_iters", "1", "--device", "cpu"]
+    assert main(["sieve", *base, "--sym", "D7"]) == 2
+    assert "C1 only" in capsys.readouterr().err
+    assert main(["sieve-core", "--i", str(blob["star"]), "--o", str(tmp_path / "o.star"), "--volume", str(blob["map"]),
+                 "--volume", str(blob["map"]), "--frequency", "20", "--retention_ratio", "1.5", "--device", "cpu"]) == 2
+    assert "retention_ratio" in capsys.readouterr().err
