@@ -211,3 +211,25 @@ def test_interleaved_optics_groups_keep_their_rows(tmp_path):
     s = cs.score_particles(cs.SieveParticles(tmp_path / "sorted.star"), [d["volume"]] * 2, 10.0,
                            mask=cs._read_map(d["mask"]), device="cpu")
     np.testing.assert_allclose(s, r["scores"][perm], rtol=1e-6)
+
+
+def test_many_stacks_lru(blob, tmp_path):
+    "One stack per micrograph (here 40 stacks of 3 images), at most `max_open` open at once: same scores."
+    import mrcfile
+    parts = cs.SieveParticles(blob["star"])
+    imgs = parts.images(np.arange(len(parts)))
+    names = []
+    for f in range(40):
+        with mrcfile.new(tmp_path / f"mic{f:03d}.mrcs") as m:
+            m.set_data(imgs[3 * f: 3 * f + 3])
+        names += [f"{i + 1:06d}@mic{f:03d}.mrcs" for i in range(3)]
+    b = starfile.read(blob["star"], always_dict=True)
+    b["particles"]["rlnImageName"] = names
+    starfile.write(b, tmp_path / "multi.star", overwrite=True)
+    multi = cs.SieveParticles(tmp_path / "multi.star")
+    multi.max_open = 2
+    s1 = cs.score_particles(multi, [blob["volume"]] * 2, 20.0, batch_size=10, device="cpu")
+    assert len(multi._mm) <= 2
+    s0 = cs.score_particles(parts, [blob["volume"]] * 2, 20.0, device="cpu")
+    np.testing.assert_allclose(s1, s0, rtol=1e-12, atol=1e-9)
+    multi.close(); assert not multi._mm

@@ -198,13 +198,25 @@ class SieveParticles:
         raise FileNotFoundError(f"{self.path}: image stack {name!r} not found (looked for {', '.join(map(str, cands))}); "
                                 "use --directory to give the folder the image paths are relative to")
 
+    max_open = 64   # memory-mapped stacks kept open at once (RELION writes one stack per micrograph: thousands)
+
     def _stack(self, fid):
-        if fid not in self._mm:
-            import mrcfile
-            m = mrcfile.mmap(self.files[fid], mode="r", permissive=True)
-            data = m.data if m.data.ndim == 3 else m.data[None]
-            self._mm[fid] = data
-        return self._mm[fid]
+        "The memory-mapped data `(n, D, D)` of stack `fid`; least recently used stacks are closed beyond `max_open`."
+        if fid in self._mm:
+            self._mm[fid] = self._mm.pop(fid)             # most recently used last
+            return self._mm[fid][1]
+        import mrcfile
+        m = mrcfile.mmap(self.files[fid], mode="r", permissive=True)
+        if m.data is None: raise InputError(f"{self.files[fid]}: no image data (truncated or not an MRC stack)")
+        self._mm[fid] = (m, m.data if m.data.ndim == 3 else m.data[None])
+        while len(self._mm) > self.max_open:
+            old = next(iter(self._mm)); self._mm.pop(old)[0].close()
+        return self._mm[fid][1]
+
+    def close(self):
+        "Close every open stack."
+        for m, _ in self._mm.values(): m.close()
+        self._mm.clear()
 
     def __len__(self): return self.N
 
