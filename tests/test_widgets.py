@@ -32,6 +32,9 @@ def test_map_viewer_real_map(live):
     assert x[1] - x[0] == pytest.approx(apix or 1.0) and x[15] == 0.0      # Å, box centre at 0
     mv.threshold_slider.value = float(vol.mean())
     assert mv.iso_fig.fig.data[0].isomin == pytest.approx(float(vol.mean()))
+    if not live:  # the Output widget holds the re-rendered figure (plotly JSON, no plotly.js)
+        assert mv.iso_fig.static_json()["data"][0]["isomin"] == pytest.approx(float(vol.mean()))
+        assert len(mv.slice_fig.widget.outputs) == 1
 
 
 def test_map_viewer_clamps_on_new_volume():
