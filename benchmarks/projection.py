@@ -17,7 +17,8 @@ cryoDRGN (if `import cryodrgn` works), same D, poses and batch:
   gs-slice     the same grid_sample on ONE volume (no per-image copy): a tuned-baseline reference
   drgn-insert  backproject_voxel.add_slice: cryoDRGN's back-projection inner loop
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set growth during
-the call (polled from /proc/self/statm every ms; approximate, includes allocator caching).
+the call (polled from /proc/self/statm every ms, with glibc returning freed blocks > 64 KiB to the
+OS during that one call; approximate). Timings run with the allocator caching blocks (no page faults).
 No result is asserted: this is a report, not a test.
 """
 from __future__ import annotations
@@ -40,14 +41,30 @@ import cryonb.projection as P
 
 
 # ------------------------------------------------------------------ measurement helpers
-def _fixed_mmap_threshold():
-    """Make glibc return large freed blocks to the OS (fixed mmap threshold), so that the resident
-    set follows the live allocations and its growth during a call measures that call's peak."""
+def _libc():
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)   # M_MMAP_THRESHOLD = 64 KiB
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _malloc_mode(measure_memory: bool):
+    """glibc allocator settings. Timing: keep freed blocks up to 32 MiB in the heap for reuse (no
+    page faults per call, as with the default dynamic threshold). Memory: return every block above
+    64 KiB to the OS (after a trim), so that the resident-set growth during a call is its peak."""
+    if _LIBC is None or not hasattr(_LIBC, "mallopt"):
+        return
+    if measure_memory:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 16)
+        _LIBC.malloc_trim(0)
+    else:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 25)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 27)
 
 
 class _RSSPeak:
@@ -91,9 +108,13 @@ def peak_memory(fn, device):
         base = torch.cuda.memory_allocated()
         out = fn(); _sync(device)
         return torch.cuda.max_memory_allocated() - base
-    with _RSSPeak() as m:
-        out = fn()
-    del out
+    _malloc_mode(True)
+    try:
+        with _RSSPeak() as m:
+            out = fn()
+        del out
+    finally:
+        _malloc_mode(False)
     return m.peak
 
 
@@ -235,7 +256,7 @@ def main(argv=None):
     ap.add_argument("--no-cryodrgn", action="store_true")
     a = ap.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    _fixed_mmap_threshold()
+    _malloc_mode(False)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"cryonb projection benchmark: torch {torch.__version__}, {name}, float32, batch {a.batch}")
