@@ -34,7 +34,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[1000, 4000])
     p.add_argument("-D", type=int, default=128)
-    p.add_argument("--apix", type=float, default=0.75)
+    p.add_argument("--apix", type=float, default=1.0)
     p.add_argument("--states", type=int, default=10)
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
