@@ -678,6 +678,9 @@ def cli_sieve(argv: list[str]) -> int:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--precision", choices=["double", "single"], default="double")
     a = p.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("cryonb sieve: run the driver as one process; it starts the distributed sieving itself (--num_gpus N)", file=sys.stderr)
+        return 2
     try:
         st = sieve(a.i, a.o, angpix=a.angpix, mask=a.mask, sym=a.sym, num_iters=a.num_iters, frequency_start=a.frequency_start,
                    frequency_end=a.frequency_end, retention_ratio=a.retention_ratio, balance=a.balance, seed=a.seed,
