@@ -1,0 +1,153 @@
+"""Benchmark: cryonb's RECOVAR against the reference `recovar` (PyPI 1.0.5, CPU JAX) on the same data.
+
+Synthetic particles (Gaussian-blob volumes in 3 conformations, analytic projections, CTF, white noise;
+`cryonb.methods.recovar.synthetic_dataset`) are written to disk; each tool's pipeline runs in its own
+subprocess, timed (wall clock) with its peak resident memory (`os.wait4` rusage, includes JIT/compile for
+the reference). Reported: wall time, peak RSS, the ratios, the principal angles of each tool's top-2
+principal volumes to the true rank-2 subspace and to each other, and the adjusted Rand index of k-means
+(3 clusters) on each tool's zdim-4 embedding against the true states.
+
+    python benchmarks/recovar.py --D 32 --n 1000                     # cryonb only
+    python benchmarks/recovar.py --D 32 --n 1000 --reference /work/venv-recovar/bin/recovar
+
+Install the reference in a side venv: `python3 -m venv /work/venv-recovar && /work/venv-recovar/bin/pip install recovar==1.0.5`.
+"""
+import argparse, json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def run_measured(cmd, log_path, timeout):
+    "Run `cmd`, return (wall s, peak RSS MiB, return code, CPU s user+sys); stdout/stderr go to `log_path`."
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+        deadline = t0 + timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid: break
+            if time.time() > deadline:
+                p.kill(); pid, status, ru = os.wait4(p.pid, 0); status = -9; break
+            time.sleep(0.5)
+    return time.time() - t0, ru.ru_maxrss / 1024.0, (os.waitstatus_to_exitcode(status) if status != -9 else -9), ru.ru_utime + ru.ru_stime
+
+
+def read_pcs(folder, k):
+    from cryonb.io import read_map
+    return torch.stack([torch.as_tensor(read_map(Path(folder) / f"eigen_pos{i:04d}.mrc")[0]) for i in range(k)])
+
+
+def ari(z, labels):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+    ok = np.isfinite(z).all(1)
+    return float(adjusted_rand_score(labels[ok], KMeans(3, n_init=10, random_state=0).fit(z[ok]).labels_))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--D", type=int, default=32); ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--snr", type=float, default=0.5); ap.add_argument("--reference", help="path to the reference `recovar` executable")
+    ap.add_argument("--workdir"); ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--n-pcs", type=int, default=50); ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args(argv)
+    from cryonb.methods import recovar as rc
+    wd = Path(a.workdir or tempfile.mkdtemp(prefix="bench_recovar_")); wd.mkdir(parents=True, exist_ok=True)
+    syn = rc.synthetic_dataset(D=a.D, n=a.n, n_states=3, snr=a.snr, ctf=True, seed=0)
+    paths = rc.write_synthetic(syn, wd / "data")
+    truth = syn["volumes"][1:] - syn["volumes"][0]
+    labels = syn["labels"]
+    results = dict(D=a.D, n=a.n, snr=a.snr, threads=os.environ.get("OMP_NUM_THREADS", "2"))
+    common = [str(paths["particles"]), "--poses", str(paths["poses"]), "--ctf", str(paths["ctf"]), "--zdim", "4,10,20"]
+    ours = [sys.executable, "-m", "cryonb.cli", "recovar", "pipeline", *common, "-o", str(wd / "cryonb"), "--n-pcs", str(a.n_pcs)]
+    t, mem, code, cpu = run_measured(ours, wd / "cryonb.log", a.timeout)
+    res = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=code)
+    if code == 0:
+        res["angles_to_truth_deg"] = rc.principal_angles(read_pcs(wd / "cryonb/output/volumes", 2), truth).tolist()
+        res["ari_zdim4"] = ari(np.load(wd / "cryonb/model/zdim_4/latent_coords.npy"), labels)
+        info = json.loads((wd / "cryonb/model/params.json").read_text())["info"]
+        res["stages_s"] = info["timings_s"]; res["stages_cpu_s"] = info.get("cpu_s")
+    results["cryonb"] = res
+    print("cryonb:", json.dumps(res, indent=1))
+    if a.reference:
+        ref = [a.reference, "pipeline", *common, "-o", str(wd / "reference"), "--mask", "from_halfmaps", "--accept-cpu",
+               "--no-downsample", "--no-correct-contrast"]
+        t, mem, code, cpu = run_measured(ref, wd / "reference.log", a.timeout)
+        r = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=code)
+        if code == 0:
+            vd = wd / "reference/output/volumes"
+            r["angles_to_truth_deg"] = rc.principal_angles(read_pcs(vd, 2), truth).tolist()
+            if results["cryonb"]["rc"] == 0:
+                r["angles_to_cryonb_top2_deg"] = rc.principal_angles(read_pcs(vd, 2), read_pcs(wd / "cryonb/output/volumes", 2)).tolist()
+            zf = wd / "reference/model/zdim_4/latent_coords.npy"
+            if zf.exists(): r["ari_zdim4"] = ari(np.load(zf), labels)
+        results["reference"] = r
+        print("reference recovar:", json.dumps(r, indent=1))
+        if code == 0 and results["cryonb"]["rc"] == 0:
+            results["speedup"] = r["wall_s"] / results["cryonb"]["wall_s"]
+            results["cpu_ratio"] = r["cpu_s"] / results["cryonb"]["cpu_s"]
+            results["memory_ratio"] = results["cryonb"]["peak_rss_MiB"] / r["peak_rss_MiB"]
+            print(f"speed-up (reference / cryonb wall time): {results['speedup']:.2f}x (CPU time {results['cpu_ratio']:.2f}x); memory (cryonb / reference peak RSS): {results['memory_ratio']:.2f}")
+    if a.json: Path(a.json).write_text(json.dumps(results, indent=1))
+    print(f"work folder: {wd}")
+    return results
+
+
+def adk_benchmark(workdir, states: int = 10, images_per_state: int = 300, D: int = 32, apix: float = 2.5, snr: float = 0.05,
+                  zdims=(4, 10, 20), n_pcs: int = 30, seed: int = 0, log=print):
+    """Per-conformation FSC AUC (CryoBench) of cryonb's RECOVAR on an AdK DIMS dataset (`cryonb.datasets.make_adk_dataset`),
+    for each zdim, next to the bounds: *upper* = regularized reconstruction of each state from its own images
+    (perfect assignment), *lower* = the consensus mean compared with every state. Returns a DataFrame."""
+    import pandas as pd
+    from cryonb.datasets import make_adk_dataset
+    from cryonb.cryobench import per_conformation_fsc, fsc_metrics
+    from cryonb.io import read_map
+    from cryonb.methods import recovar as rc
+    wd = Path(workdir); wd.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    ds = make_adk_dataset(wd / "adk", states=states, images_per_state=images_per_state, D=D, apix=apix, snr=snr, seed=seed)
+    log(f"simulated {ds.n_images} images in {time.time() - t0:.0f}s")
+    labels = np.load(ds.labels)
+    gt = [read_map(p)[0] for p in ds.gt_maps]
+    out = wd / "run"
+    t0 = time.time()
+    assert rc.cli_recovar(["pipeline", str(ds.star), "-o", str(out), "--zdim", ",".join(map(str, zdims)), "--n-pcs", str(n_pcs)]) == 0
+    t_pipe = time.time() - t0
+    src, r = rc._source_for(out)
+    rows = []
+    for K in zdims:
+        z, P, _ = rc.load_latents(out, K)
+        decode = lambda zz, K=K, z=z, P=P: rc.kernel_regression(src, z, P, zz.reshape(1, -1), r["noise"], r["mean_tau"])[0][0]
+        t0 = time.time()
+        fr = per_conformation_fsc(z, labels, decode, gt, apix=apix)
+        rows.append(dict(method=f"cryonb RECOVAR zdim {K}", auc_mean=float(fr.table.auc.mean()), auc_std=float(fr.table.auc.std(ddof=0)),
+                         seconds=time.time() - t0))
+        log(rows[-1])
+    # bounds
+    lab_t = torch.as_tensor(labels)
+    up, low = [], []
+    mean = torch.as_tensor(r["mean"])
+    for k in range(len(gt)):
+        sel = torch.nonzero(lab_t == k).squeeze(1)
+        sub = rc.ArraySource(src.images[sel], src.rotations[sel], src.shifts[sel], src.ctf[sel] if src.ctf is not None else None, src.apix,
+                             halfset=src.halfset[sel])
+        m = rc.estimate_mean(sub, r["noise"])
+        up.append(fsc_metrics(m["mean"], gt[k], apix=apix)["auc"]); low.append(fsc_metrics(mean, gt[k], apix=apix)["auc"])
+    rows.append(dict(method="upper bound (per-state reconstruction, true labels)", auc_mean=float(np.mean(up)), auc_std=float(np.std(up))))
+    rows.append(dict(method="lower bound (consensus mean)", auc_mean=float(np.mean(low)), auc_std=float(np.std(low))))
+    df = pd.DataFrame(rows); df.attrs["pipeline_s"] = t_pipe
+    return df
+
+
+if __name__ == "__main__":
+    if "--adk" in sys.argv:
+        ap = argparse.ArgumentParser(); ap.add_argument("--adk", action="store_true"); ap.add_argument("--workdir", default=tempfile.mkdtemp(prefix="adk_recovar_"))
+        ap.add_argument("--states", type=int, default=10); ap.add_argument("--images-per-state", type=int, default=300)
+        ap.add_argument("--D", type=int, default=32); ap.add_argument("--apix", type=float, default=2.5); ap.add_argument("--snr", type=float, default=0.05)
+        a = ap.parse_args()
+        df = adk_benchmark(a.workdir, a.states, a.images_per_state, a.D, a.apix, a.snr)
+        print(df.to_string(index=False)); print(f"pipeline wall time {df.attrs['pipeline_s']:.0f}s")
+    else:
+        main()
