@@ -64,9 +64,9 @@ def test_report_png_optional(tmp_path):
 def test_map_slices_from_real_file():
     io = pytest.importorskip("cryonb.io")
     try:
-        p = io.test_data_path("hand-vol.mrc")
+        p = io.test_data_path("toymodel_small_nocenter.mrc")
     except Exception:
-        pytest.skip("hand-vol.mrc not in tests/data yet")
+        pytest.skip("toymodel_small_nocenter.mrc not in tests/data")
     vol, apix = io.read_map(p)
     fig = map_slices_figure(p)
     D = np.asarray(vol).shape[0]
