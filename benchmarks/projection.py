@@ -10,7 +10,8 @@ Measured per box size D (float32, batches of --batch images, best of --repeats):
   slice        project(VolumeFT, poses): the Fourier slices only (what cryoDRGN's slicing does)
   gmm          render_gmm_2d of an N-bead Gaussian model (N = 214, the CA count of AdK, and 1656 atoms)
   backproject  backproject_images (exact adjoint of project_images, incl. the one 3-D iFFT)
-  insert       insert_grid of complex slices (the scatter used by reconstruction)
+  insert       insert_grid of complex slices (the scatter used by reconstruction); insert-herm its
+               Hermitian half-plane fast path (the symmetrisation is a fixed cost, reported apart)
 cryoDRGN (if `import cryodrgn` works), same D, poses and batch:
   drgn-slice   models_ai.VolumeExplicit.forward on lattice.coords @ R: cryoDRGN's slicing of an
                explicit (Hartley, (D+1)^3) volume with grid_sample (it copies the volume per image)
@@ -224,8 +225,8 @@ def bench(D, B, device, repeats, with_drgn):
            "gmm1656": (lambda: P.render_gmm_2d(*beads[1656][:2], beads[1656][2], R_d, D, 1.0), B, "(Gaussian model, 1656 beads = AdK atoms)"),
            "backproject": (lambda: P.backproject_images(imgs, R_d), B, "(exact adjoint of project, incl. the 3-D iFFT)"),
            "insert": (lambda: P.insert_grid(ft, R_d, 2 * D), B, "(insert_grid, full complex plane, M=2D grid)"),
-           "insert-herm": (lambda: P.hermitian_symmetrize(P.insert_grid(ft, R_d, 2 * D, hermitian=True)), B,
-                           "(insert_grid hermitian=True + hermitian_symmetrize)")}
+           "insert-herm": (lambda: P.insert_grid(ft, R_d, 2 * D, hermitian=True), B,
+                           "(insert_grid hermitian=True; + one hermitian_symmetrize per reconstruction)")}
     if with_drgn:
         fns.update(cryodrgn_callables(D, vol, R, device))
     res = measure_all({k: v[0] for k, v in fns.items()}, device, repeats)
@@ -233,7 +234,13 @@ def bench(D, B, device, repeats, with_drgn):
     for k, (fn, b, note) in fns.items():
         t, peak = res[k]
         rate[k] = fmt(k, D, b, t, peak, note)
+    grid = P.insert_grid(ft, R_d, 2 * D, hermitian=True)
+    fixed = measure_all({"sym": lambda: P.hermitian_symmetrize(grid), "g2v": lambda: P.grid_to_volume(grid, D)}, device, repeats)
+    print(f"  fixed costs per reconstruction/back-projection: hermitian_symmetrize {fixed['sym'][0] * 1e3:.0f} ms, "
+          f"grid_to_volume (3-D iFFT, crop, correction) {fixed['g2v'][0] * 1e3:.0f} ms", flush=True)
     imgs4, R4 = imgs.repeat(4, 1, 1), R_d.repeat(4, 1, 1)
+    t4 = measure_all({"bp4": lambda: P.backproject_images(imgs4, R4)}, device, 1)["bp4"][0]
+    fmt("backproject", D, 4 * B, t4, 0, "(4x the images: the 3-D iFFT amortised)")
     print(f"  memory flat in B: backproject peak {peak_memory(lambda: P.backproject_images(imgs, R_d), device) / 2**20:.1f} MiB "
           f"at B={B}, {peak_memory(lambda: P.backproject_images(imgs4, R4), device) / 2**20:.1f} MiB at B={4 * B}")
     if with_drgn:
