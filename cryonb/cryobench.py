@@ -76,8 +76,7 @@ def fsc_auc_cryobench(freqs, curve, mode: str = "clip") -> float:
 def fsc_resolution_px(freqs, curve, threshold: float = 0.5) -> float:
     """CryoBench resolution in pixels: `1/f_s = D/s` at the first shell `s ≥ 1` with FSC < `threshold`;
     2 px (Nyquist) when the curve never drops below it. Multiply by Å/px for Å. No interpolation
-    (CryoBench `volumes.py`; computed by `cryonb.fourier.fsc_resolution`); `cryonb.report.fsc_crossing`
-    interpolates instead."""
+    (CryoBench `volumes.py`; computed by `cryonb.fourier.fsc_resolution`, which the report's FSC legends use too)."""
     return float(_fourier_res(torch.as_tensor(_np(freqs, np.float64)), torch.as_tensor(_np(curve, np.float64)), threshold, 1.0))
 
 def fsc_metrics(map1, map2, mask=None, apix: float = 1.0, auc_mode: str = "clip", device=None) -> dict:
