@@ -80,6 +80,20 @@ def test_compute_state_trajectory_analyze(data):
         assert (a / f).exists(), f
 
 
+def test_lazy_matches_in_memory(data, tmp_path):
+    "`--lazy` streams the images from disk in batches and gives the same mean as the in-memory run."
+    syn, paths, out, tmp = data
+    assert main(["recovar", "pipeline", str(paths["particles"]), "-o", str(tmp_path / "lazy"), "--poses", str(paths["poses"]),
+                 "--ctf", str(paths["ctf"]), "--zdim", "1", "--n-pcs", "2", "--n-columns", "8", "--lazy", "--n-images", "200"]) == 0
+    assert main(["recovar", "pipeline", str(paths["particles"]), "-o", str(tmp_path / "mem"), "--poses", str(paths["poses"]),
+                 "--ctf", str(paths["ctf"]), "--zdim", "1", "--n-pcs", "2", "--n-columns", "8", "--n-images", "200"]) == 0
+    from cryonb.io import read_map
+    a, b = (read_map(tmp_path / f"{k}/output/volumes/mean.mrc")[0] for k in ("lazy", "mem"))
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+    assert np.load(tmp_path / "lazy/model/zdim_1/latent_coords.npy").shape == (200, 1)
+    assert np.load(tmp_path / "lazy/model/particles_ind.npy").shape == (200,)
+
+
 def test_bad_input(tmp_path, capsys):
     assert main(["recovar", "pipeline", str(tmp_path / "missing.mrcs"), "-o", str(tmp_path / "o")]) == 2
     assert "missing.mrcs" in capsys.readouterr().err
