@@ -12,6 +12,19 @@ transforms precomputed at load time, so it does *less* per image than we do). cr
 when `import cryodrgn` works (e.g. `/work/venv-cryodrgn/bin/python` after
 `pip install -e /work/main --no-deps`); otherwise its column is skipped. `finalize` (FSC-regularised
 solve, 3 iterations) is timed separately. Memory is checked flat in N by running two N.
+
+Measured 2026-11-21 on the shared 2-core CPU dev box (1 thread, heavily loaded by other jobs, so
+±30 %), cryodrgn 4.3.1 in /work/venv-cryodrgn, 1000 images, batch 250:
+
+    D   oversampling  cryonb img/s  cryoDRGN img/s  ratio  peak RSS cryonb / cryoDRGN (MB)
+    64  2 (default)   360-620       100-230         2.7-3.6x   650-760 / 540-600
+    128 2 (default)   89-212        21-31           4.3-6.8x   2400-2500 / 1190
+    64  1 (same grid) 2071          334             6.2x       474 / 593
+    128 1 (same grid) 496           52              9.6x       884 / 1168
+
+Peak memory is flat in N (1000 vs 2000 images within 5 %); at oversampling 2 it is set by the
+(2D)^3 grids and the finalize FFTs. D = 256 (a 512^3 padded grid, ~10 GB at finalize) was not run
+on this 23 GB shared machine; no GPU was available to this session.
 """
 import argparse, json, os, resource, subprocess, sys, time
 from pathlib import Path
