@@ -258,3 +258,14 @@ def test_accelerator_scatter_path_matches(monkeypatch):
     monkeypatch.setattr(P, "_ROWS_SCATTER", True)
     torch.testing.assert_close(P.insert_grid(y, R, 20), ref)
     torch.testing.assert_close(P.backproject(y, R), bp_ref)
+
+
+def test_rotations_must_be_proper():
+    vf = P.prepare_volume(torch.rand(8, 8, 8))
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0]))[None]
+    with pytest.raises(InputError, match="proper rotation"):
+        P.project(vf, mirror)
+    with pytest.raises(InputError, match="proper rotation"):
+        P.project(vf, 2 * torch.eye(3)[None])
+    with pytest.raises(InputError, match="proper rotation"):
+        P.project(vf, torch.full((1, 3, 3), float("nan")))
