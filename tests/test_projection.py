@@ -269,3 +269,14 @@ def test_rotations_must_be_proper():
         P.project(vf, 2 * torch.eye(3)[None])
     with pytest.raises(InputError, match="proper rotation"):
         P.project(vf, torch.full((1, 3, 3), float("nan")))
+
+
+def test_gradients_wrt_map_match_finite_differences():
+    R = rand_rot(2, 12)
+    for D in (6, 5):
+        v = torch.randn(D, D, D, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda v: P.project_images(v, R), (v,))
+    f = P.ImageFormation(6, 1.0, volume=torch.nn.Parameter(torch.randn(6, 6, 6, dtype=torch.float64)))
+    sh = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
+    v = torch.randn(6, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: f(R, sh, volume=v), (v,))
