@@ -280,3 +280,16 @@ def test_gradients_wrt_map_match_finite_differences():
     sh = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
     v = torch.randn(6, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: f(R, sh, volume=v), (v,))
+
+
+def test_gradients_wrt_pose():
+    "Poses can be refined by gradient: through the trilinear weights (map) and analytically (GMM)."
+    roma = pytest.importorskip("roma")
+    R = rand_rot(1, 21)
+    vf = P.prepare_volume(torch.randn(8, 8, 8, dtype=torch.float64))
+    w = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: P.project(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,), eps=1e-7, atol=1e-4)
+    c = torch.tensor([[3.0, -2.0, 1.0], [-1.0, 2.5, 0.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda w: P.render_gmm_2d(c, torch.ones(2, dtype=torch.float64), 1.5, roma.rotvec_to_rotmat(w) @ R, 12, 1.0,
+                                  cutoff_sigma=None), (w,))
