@@ -39,6 +39,14 @@ def read_pcs(folder, k):
     return torch.stack([torch.as_tensor(read_map(Path(folder) / f"eigen_pos{i:04d}.mrc")[0]) for i in range(k)])
 
 
+def mean_auc(path, syn):
+    "CryoBench FSC AUC of a tool's mean map against the true population mean."
+    from cryonb.io import read_map
+    from cryonb.cryobench import fsc_metrics
+    lab = torch.as_tensor(syn["labels"])
+    return float(fsc_metrics(torch.as_tensor(read_map(path)[0]), syn["volumes"][lab].mean(0), apix=syn["apix"])["auc"])
+
+
 def ari(z, labels):
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
@@ -52,20 +60,22 @@ def main(argv=None):
     ap.add_argument("--snr", type=float, default=0.5); ap.add_argument("--reference", help="path to the reference `recovar` executable")
     ap.add_argument("--workdir"); ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--n-pcs", type=int, default=50); ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--no-ctf", action="store_true", help="simulate without CTF (ctf.pkl with CTF ≡ 1): isolates pose/geometry conventions")
     a = ap.parse_args(argv)
     from cryonb.methods import recovar as rc
     wd = Path(a.workdir or tempfile.mkdtemp(prefix="bench_recovar_")); wd.mkdir(parents=True, exist_ok=True)
-    syn = rc.synthetic_dataset(D=a.D, n=a.n, n_states=3, snr=a.snr, ctf=True, seed=0)
+    syn = rc.synthetic_dataset(D=a.D, n=a.n, n_states=3, snr=a.snr, ctf=not a.no_ctf, seed=0)
     paths = rc.write_synthetic(syn, wd / "data")
     truth = syn["volumes"][1:] - syn["volumes"][0]
     labels = syn["labels"]
-    results = dict(D=a.D, n=a.n, snr=a.snr, threads=os.environ.get("OMP_NUM_THREADS", "2"))
+    results = dict(D=a.D, n=a.n, snr=a.snr, ctf=not a.no_ctf, threads=os.environ.get("OMP_NUM_THREADS", "2"))
     common = [str(paths["particles"]), "--poses", str(paths["poses"]), "--ctf", str(paths["ctf"]), "--zdim", "4,10,20"]
     ours = [sys.executable, "-m", "cryonb.cli", "recovar", "pipeline", *common, "-o", str(wd / "cryonb"), "--n-pcs", str(a.n_pcs)]
     t, mem, code, cpu = run_measured(ours, wd / "cryonb.log", a.timeout)
     res = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=code)
     if code == 0:
         res["angles_to_truth_deg"] = rc.principal_angles(read_pcs(wd / "cryonb/output/volumes", 2), truth).tolist()
+        res["mean_fsc_auc"] = mean_auc(wd / "cryonb/output/volumes/mean.mrc", syn)
         res["ari_zdim4"] = ari(np.load(wd / "cryonb/model/zdim_4/latent_coords.npy"), labels)
         info = json.loads((wd / "cryonb/model/params.json").read_text())["info"]
         res["stages_s"] = info["timings_s"]; res["stages_cpu_s"] = info.get("cpu_s")
@@ -79,6 +89,7 @@ def main(argv=None):
         if code == 0:
             vd = wd / "reference/output/volumes"
             r["angles_to_truth_deg"] = rc.principal_angles(read_pcs(vd, 2), truth).tolist()
+            r["mean_fsc_auc"] = mean_auc(vd / "mean.mrc", syn)
             if results["cryonb"]["rc"] == 0:
                 r["angles_to_cryonb_top2_deg"] = rc.principal_angles(read_pcs(vd, 2), read_pcs(wd / "cryonb/output/volumes", 2)).tolist()
             zf = wd / "reference/model/zdim_4/latent_coords.npy"
