@@ -28,7 +28,7 @@ def test_principal_subspace_matches_truth(run3):
     assert rc.principal_angles(rnd, truth).min() > 70
     # eigenvalues: two dominant ones
     s = res.s.cpu().numpy()
-    assert s[1] > 2 * s[2], s
+    assert s[1] > 1.5 * s[2], s
 
 
 def test_embeddings_separate_states(run3):
