@@ -10,6 +10,12 @@ principal volumes to the true rank-2 subspace and to each other, and the adjuste
     python benchmarks/recovar.py --D 32 --n 1000                     # cryonb only
     python benchmarks/recovar.py --D 32 --n 1000 --reference /work/venv-recovar/bin/recovar
 
+Known issue (measured 2026-11-21, D=32, 1000 images): on the files written here the reference's *mean* map
+scores FSC AUC 0.09 against the true mean (cryonb 0.21), with or without CTF (`--no-ctf`) and also with
+transposed rotations in `poses.pkl`, so the convention bridge from cryonb's cryoDRGN-format files to recovar
+1.0.5 is not established and its accuracy figures here (angles, ARI) are not a fair comparison; wall time, CPU
+time and peak memory are (same images, same stages).
+
 Install the reference in a side venv: `python3 -m venv /work/venv-recovar && /work/venv-recovar/bin/pip install recovar==1.0.5`.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
