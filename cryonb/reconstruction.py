@@ -18,8 +18,8 @@ from .io import read_map, write_map
 # %% auto #0
 __all__ = ['Reconstructor', 'sphere_mask', 'mask_from_halfmaps', 'load_mask', 'fsc_shell_counts', 'randomize_phases',
            'masked_fsc', 'bfactor_sharpen', 'guinier', 'fit_bfactor', 'postprocess', 'write_fsc_txt', 'write_fsc_plot',
-           'write_postprocess', 'reconstruct_dataset', 'cli_backproject', 'cli_reconstruct', 'cli_fsc',
-           'cli_postprocess']
+           'write_postprocess', 'reconstruct_dataset', 'write_cli_report', 'cli_backproject', 'cli_reconstruct',
+           'cli_fsc', 'cli_postprocess']
 
 # %% ../nbs/07_reconstruction.ipynb #c245624f
 def _check_map(x, name: str = "map", like: torch.Tensor | None = None) -> torch.Tensor:
@@ -645,6 +645,30 @@ def _write_reconstruction(res: dict, paths: dict, plot: bool = True) -> None:
         write_fsc_plot(paths["plot"], res["freqs"], {"half-maps": res["fsc"]}, res["apix"],
                        title=f"Half-map FSC ({res['counts'][0]} + {res['counts'][1]} particles)")
 
+def write_cli_report(path, title: str, params: dict, figures: list, values: dict | None = None, volume=None, apix: float | None = None) -> Path:
+    """Write the self-contained `report.html` that every reconstruction CLI leaves beside its outputs:
+    the command's parameters, the figures (plotly, with captions), a table of the measured values and
+    orthogonal slices of `volume` (Å axes). Returns the path."""
+    from cryonb.report import Report, map_slices_figure
+    rep = Report(title)
+    if values: rep.add_params({k: (round(v, 3) if isinstance(v, float) else v) for k, v in values.items()}, caption="Results")
+    for fig, cap in figures: rep.add_figure(fig, cap)
+    if volume is not None: rep.add_figure(map_slices_figure(volume, apix=apix), "Central slices of the map.")
+    rep.add_params({k: str(v) for k, v in params.items()}, caption="Command-line parameters")
+    return rep.write(path)
+
+def _recon_report(res: dict, paths: dict, args) -> Path:
+    from cryonb.report import fsc_figure
+    fig = fsc_figure({"half-maps": (res["freqs"], res["fsc"])}, apix=res["apix"],
+                     title=f"Half-map FSC ({res['counts'][0]} + {res['counts'][1]} particles)")
+    vals = {"particles per half-set": f"{res['counts'][0]} + {res['counts'][1]} ({res['halfsets']})", "pixel size (Å)": res["apix"],
+            "resolution at FSC 0.5 (Å)": res["resolution_05_A"], "resolution at FSC 0.143 (Å)": res["resolution_A"],
+            "oversampling": res["oversampling"]}
+    out = Path(paths["map"]).parent / "report.html"
+    paths["report"] = write_cli_report(out, "cryonb reconstruction", vars(args), [(fig, "Half-map Fourier shell correlation.")],
+                                       vals, volume=res["map"], apix=res["apix"])
+    return paths["report"]
+
 def _report(res: dict, paths: dict) -> None:
     print(f"particles per half-set: {res['counts']} ({res['halfsets']}), oversampling {res['oversampling']}")
     print(f"half-map FSC resolution: {res['resolution_05_A']:.2f} Å at 0.5, {res['resolution_A']:.2f} Å at 0.143 "
@@ -681,6 +705,7 @@ def cli_backproject(argv: list[str]) -> int:
                               ctf=a.ctf is not None, oversampling=a.oversampling, regularization=a.reg, invert=a.invert)
     paths = _out_paths(a.out)
     _write_reconstruction(res, paths, plot=not a.no_plot)
+    _recon_report(res, paths, a)
     _report(res, paths)
     return 0
 
@@ -714,6 +739,7 @@ def cli_reconstruct(argv: list[str]) -> int:
                               ctf=a.ctf, oversampling=a.oversampling, regularization=a.reg, invert=a.invert)
     paths = _out_paths(a.out if a.out.lower().endswith(".mrc") else a.out + ".mrc")
     _write_reconstruction(res, paths, plot=False)
+    _recon_report(res, paths, a)
     _report(res, paths)
     return 0
 
@@ -788,6 +814,13 @@ def cli_postprocess(argv: list[str]) -> int:
                       randomize_at=a.randomize_at_fsc, autob_lowres_A=a.autob_lowres)
     paths = write_postprocess(res, a.out)
     if a.auto_mask: paths["mask"] = write_map(Path(a.out) / "postprocess_automask.mrc", mask, apix)
+    from cryonb.report import fsc_figure
+    curves = {k: (res["freqs"], res.get(f)) for k, f in (("corrected", "fsc_corrected"), ("unmasked", "fsc_unmasked"),
+              ("masked", "fsc_masked"), ("phase-randomised", "fsc_randomized")) if res.get(f) is not None}
+    paths["report"] = write_cli_report(Path(a.out) / "report.html", "cryonb postprocess", vars(a),
+                                       [(fsc_figure(curves, apix=apix), "FSC curves (RELION-style masked/corrected).")],
+                                       {"resolution at FSC 0.143 (Å)": float(res["resolution_A"]), "B-factor (Å²)": float(res["bfactor"]),
+                                        "mask": a.mask or ("automatic" if a.auto_mask else "none")}, volume=res["map"], apix=apix)
     print(f"resolution: {res['resolution_A']:.3f} Å at FSC 0.143 ({'masked, corrected' if mask is not None else 'unmasked'}); "
           f"B-factor applied: {res['bfactor']:.1f} Å² {res['bfactor_note']}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

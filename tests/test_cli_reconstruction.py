@@ -30,7 +30,7 @@ def bp(tmp_path_factory):
 
 
 def test_backproject_writes_cryodrgn_outputs(bp):
-    for f in ("backproject.mrc", "half_map_a.mrc", "half_map_b.mrc", "fsc-vals.txt", "fsc-plot.html"):
+    for f in ("backproject.mrc", "half_map_a.mrc", "half_map_b.mrc", "fsc-vals.txt", "fsc-plot.html", "report.html"):
         assert (bp / f).exists(), f
     v, apix = read_map(bp / "backproject.mrc")
     truth, _ = read_map(T("toymodel_small_nocenter.mrc"))
@@ -85,7 +85,7 @@ def test_fsc_and_postprocess(bp, tmp_path, capsys):
     out = tmp_path / "pp"
     assert main(["postprocess", "--i", a, "--i2", b, "--mask", str(tmp_path / "mask.mrc"), "--angpix", "1.0",
                  "--auto_bfac", "-o", str(out)]) == 0
-    for f in ("postprocess.mrc", "postprocess_masked.mrc", "postprocess_fsc.txt", "postprocess.json", "postprocess_fsc.html"):
+    for f in ("postprocess.mrc", "postprocess_masked.mrc", "postprocess_fsc.txt", "postprocess.json", "postprocess_fsc.html", "report.html"):
         assert (out / f).exists(), f
     assert main(["postprocess", "--i", a, "--i2", b, "--angpix", "1.0", "--adhoc_bfac", "-50", "-o", str(out / "b")]) == 0
 
