@@ -3,18 +3,30 @@
 Synthetic particles (Gaussian-blob volumes in 3 conformations, analytic projections, CTF, white noise;
 `cryonb.methods.recovar.synthetic_dataset`) are written to disk; each tool's pipeline runs in its own
 subprocess, timed (wall clock) with its peak resident memory (`os.wait4` rusage, includes JIT/compile for
-the reference). Reported: wall time, peak RSS, the ratios, the principal angles of each tool's top-2
-principal volumes to the true rank-2 subspace and to each other, and the adjusted Rand index of k-means
-(3 clusters) on each tool's zdim-4 embedding against the true states.
+the reference). Reported: wall time, peak RSS, the ratios; the FSC AUC (CryoBench) of each tool's mean map against the true
+population mean; the per-conformation FSC AUC (CryoBench protocol: mean zdim-4 latent of each true state, snapped
+to the nearest image latent, decoded by kernel regression, i.e. cryonb's `kernel_regression` and the reference's
+`compute_state`); the principal angles of each tool's top-2 principal volumes to the true rank-2 subspace and
+to each other's; and the adjusted Rand index of k-means (3 clusters) on each tool's zdim-4 embedding.
 
     python benchmarks/recovar.py --D 32 --n 1000                     # cryonb only
     python benchmarks/recovar.py --D 32 --n 1000 --reference /work/venv-recovar/bin/recovar
 
-Known issue (measured 2026-11-21, D=32, 1000 images): on the files written here the reference's *mean* map
-scores FSC AUC 0.09 against the true mean (cryonb 0.21), with or without CTF (`--no-ctf`) and also with
-transposed rotations in `poses.pkl`, so the convention bridge from cryonb's cryoDRGN-format files to recovar
-1.0.5 is not established and its accuracy figures here (angles, ARI) are not a fair comparison; wall time, CPU
-time and peak memory are (same images, same stages).
+Reference bug and the work-around used here (found 2026-11-21, D=32, 1000 images): the file conventions
+already agree. recovar 1.0.5's own forward model (`dataset.get_predicted_image`) applied to the true volumes with
+the poses in `poses.pkl` as written (no transpose) fits the images best, shell by shell. Correlations for shells
+1-4: -0.99/-0.97/-0.79/-0.44 as written, -0.97/-0.83/-0.40/-0.11 with R transposed. The sign is negative because
+cryonb's CTF is the negative of recovar's; `--uninvert-data automatic` (the default) flips it. The fault is
+recovar's CPU back-projection: the JAX fallback `recovar.core.relion_interp.{project,backproject}` is used when no
+CUDA kernel is available (CPU, or `RECOVAR_DISABLE_CUDA=1`). It does not multiply the plane frequencies by
+the oversampling factor `volume_shape[0] // image_shape[0]`. The CUDA kernel does (`cuda/cuda_backproject.cu`:
+`k0 = ... * upsampling`; `slicing._cuda_max_r` scales the clip radius to match). So the 2x-oversampled
+RELION-style mean (`homogeneous.get_mean_conformation_relion`, `upsampling_factor=2`) puts image frequency k at
+grid index k instead of 2k. The mean comes out magnified 2x, and its FSC AUC against the truth is 0.09 instead of
+0.21; half-map FSC stays high. Unless `--reference-unpatched` is given, the reference is run through a small
+bootstrap (`REFERENCE_BOOTSTRAP`). It wraps those two functions so that they scale the plane frequencies and
+`max_r` by the oversampling factor, the same as the CUDA kernel does. With it the reference mean scores AUC
+0.205 without CTF and 0.213 with CTF (cryonb 0.21).
 
 Install the reference in a side venv: `python3 -m venv /work/venv-recovar && /work/venv-recovar/bin/pip install recovar==1.0.5`.
 """
@@ -24,6 +36,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
+# Run with the reference venv's python as `python BOOTSTRAP <recovar command> ...`: it applies the oversampling
+# fix described in the module docstring (equal to what recovar's CUDA kernel does), then calls recovar's CLI.
+REFERENCE_BOOTSTRAP = """
+import functools, sys
+from recovar.core import relion_interp as _ri
+def _scaled(fn):
+    @functools.wraps(fn)
+    def wrapped(data, rotations, image_shape, volume_shape, *a, **kw):
+        ups = int(volume_shape[0]) // int(image_shape[0])
+        if ups == 1: return fn(data, rotations, image_shape, volume_shape, *a, **kw)
+        if kw.get("max_r") is not None: kw["max_r"] = kw["max_r"] * ups
+        orig = _ri._pixel_frequencies
+        _ri._pixel_frequencies = lambda shape, half_image=False: orig(shape, half_image=half_image) * ups
+        try: return fn(data, rotations, image_shape, volume_shape, *a, **kw)
+        finally: _ri._pixel_frequencies = orig
+    return wrapped
+_ri.project, _ri.backproject = _scaled(_ri.project), _scaled(_ri.backproject)
+from recovar.command_line import main_commands
+sys.argv = ["recovar"] + sys.argv[1:]
+sys.exit(main_commands())
+"""
+
+
+def reference_command(reference, wd, patched=True):
+    "argv prefix that runs the reference CLI: the `recovar` executable, or its venv python with the bootstrap."
+    if not patched: return [reference]
+    boot = Path(wd) / "recovar_bootstrap.py"; boot.write_text(REFERENCE_BOOTSTRAP)
+    return [str(Path(reference).parent / "python"), str(boot)]
 
 def run_measured(cmd, log_path, timeout):
     "Run `cmd`, return (wall s, peak RSS MiB, return code, CPU s user+sys); stdout/stderr go to `log_path`."
@@ -60,35 +101,64 @@ def ari(z, labels):
     return float(adjusted_rand_score(labels[ok], KMeans(3, n_init=10, random_state=0).fit(z[ok]).labels_))
 
 
+def per_state_auc(maps, syn):
+    "CryoBench FSC AUC of each decoded state map `maps[k]` against the true state volume k."
+    from cryonb.cryobench import fsc_metrics
+    return [float(fsc_metrics(torch.as_tensor(np.asarray(m)).float(), syn["volumes"][k], apix=syn["apix"])["auc"]) for k, m in enumerate(maps)]
+
+
+def cryonb_per_conformation(out, labels, syn, zdim=4):
+    "cryonb's per-conformation AUCs (CryoBench protocol, `cryobench.per_conformation_fsc`) with its kernel regression."
+    from cryonb.cryobench import per_conformation_fsc
+    from cryonb.methods import recovar as rc
+    src, r = rc._source_for(out)
+    z, P, _ = rc.load_latents(out, zdim)
+    decode = lambda zz: rc.kernel_regression(src, z, P, zz.reshape(1, -1), r["noise"], r["mean_tau"])[0][0]
+    fr = per_conformation_fsc(z, labels, decode, list(syn["volumes"]), apix=syn["apix"])
+    return [float(x) for x in fr.table.sort_values("state").auc]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--D", type=int, default=32); ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--snr", type=float, default=0.5); ap.add_argument("--reference", help="path to the reference `recovar` executable")
+    ap.add_argument("--reference-unpatched", action="store_true",
+                    help="run the reference as installed (on CPU its 2x-oversampled back-projection is wrong; see the module docstring)")
     ap.add_argument("--workdir"); ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--n-pcs", type=int, default=50); ap.add_argument("--json", help="write the results here")
     ap.add_argument("--no-ctf", action="store_true", help="simulate without CTF (ctf.pkl with CTF ≡ 1): isolates pose/geometry conventions")
+    ap.add_argument("--skip-cryonb", action="store_true", help="run the reference only")
     a = ap.parse_args(argv)
     from cryonb.methods import recovar as rc
+    from cryonb.cryobench import state_latents
+    from cryonb.io import read_map
     wd = Path(a.workdir or tempfile.mkdtemp(prefix="bench_recovar_")); wd.mkdir(parents=True, exist_ok=True)
     syn = rc.synthetic_dataset(D=a.D, n=a.n, n_states=3, snr=a.snr, ctf=not a.no_ctf, seed=0)
     paths = rc.write_synthetic(syn, wd / "data")
     truth = syn["volumes"][1:] - syn["volumes"][0]
     labels = syn["labels"]
-    results = dict(D=a.D, n=a.n, snr=a.snr, ctf=not a.no_ctf, threads=os.environ.get("OMP_NUM_THREADS", "2"))
+    results = dict(D=a.D, n=a.n, snr=a.snr, ctf=not a.no_ctf, threads=os.environ.get("OMP_NUM_THREADS", "2"),
+                   reference_patched=bool(a.reference and not a.reference_unpatched))
     common = [str(paths["particles"]), "--poses", str(paths["poses"]), "--ctf", str(paths["ctf"]), "--zdim", "4,10,20"]
-    ours = [sys.executable, "-m", "cryonb.cli", "recovar", "pipeline", *common, "-o", str(wd / "cryonb"), "--n-pcs", str(a.n_pcs)]
-    t, mem, code, cpu = run_measured(ours, wd / "cryonb.log", a.timeout)
-    res = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=code)
-    if code == 0:
-        res["angles_to_truth_deg"] = rc.principal_angles(read_pcs(wd / "cryonb/output/volumes", 2), truth).tolist()
-        res["mean_fsc_auc"] = mean_auc(wd / "cryonb/output/volumes/mean.mrc", syn)
-        res["ari_zdim4"] = ari(np.load(wd / "cryonb/model/zdim_4/latent_coords.npy"), labels)
-        info = json.loads((wd / "cryonb/model/params.json").read_text())["info"]
-        res["stages_s"] = info["timings_s"]; res["stages_cpu_s"] = info.get("cpu_s")
-    results["cryonb"] = res
-    print("cryonb:", json.dumps(res, indent=1))
+    res = dict(rc=None)
+    if not a.skip_cryonb:
+        ours = [sys.executable, "-m", "cryonb.cli", "recovar", "pipeline", *common, "-o", str(wd / "cryonb"), "--n-pcs", str(a.n_pcs)]
+        t, mem, code, cpu = run_measured(ours, wd / "cryonb.log", a.timeout)
+        res = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=code)
+        if code == 0:
+            res["angles_to_truth_deg"] = rc.principal_angles(read_pcs(wd / "cryonb/output/volumes", 2), truth).tolist()
+            res["mean_fsc_auc"] = mean_auc(wd / "cryonb/output/volumes/mean.mrc", syn)
+            res["ari_zdim4"] = ari(np.load(wd / "cryonb/model/zdim_4/latent_coords.npy"), labels)
+            info = json.loads((wd / "cryonb/model/params.json").read_text())["info"]
+            res["stages_s"] = info["timings_s"]; res["stages_cpu_s"] = info.get("cpu_s")
+            t0 = time.time()
+            res["per_conformation_auc_zdim4"] = cryonb_per_conformation(wd / "cryonb", labels, syn)
+            res["per_conformation_s"] = time.time() - t0
+        results["cryonb"] = res
+        print("cryonb:", json.dumps(res, indent=1))
     if a.reference:
-        ref = [a.reference, "pipeline", *common, "-o", str(wd / "reference"), "--mask", "from_halfmaps", "--accept-cpu",
+        pre = reference_command(a.reference, wd, patched=not a.reference_unpatched)
+        ref = [*pre, "pipeline", *common, "-o", str(wd / "reference"), "--mask", "from_halfmaps", "--accept-cpu",
                "--no-downsample", "--no-correct-contrast"]
         t, mem, code, cpu = run_measured(ref, wd / "reference.log", a.timeout)
         r = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=code)
@@ -96,16 +166,27 @@ def main(argv=None):
             vd = wd / "reference/output/volumes"
             r["angles_to_truth_deg"] = rc.principal_angles(read_pcs(vd, 2), truth).tolist()
             r["mean_fsc_auc"] = mean_auc(vd / "mean.mrc", syn)
-            if results["cryonb"]["rc"] == 0:
+            if res["rc"] == 0:
                 r["angles_to_cryonb_top2_deg"] = rc.principal_angles(read_pcs(vd, 2), read_pcs(wd / "cryonb/output/volumes", 2)).tolist()
             zf = wd / "reference/model/zdim_4/latent_coords.npy"
-            if zf.exists(): r["ari_zdim4"] = ari(np.load(zf), labels)
+            if zf.exists():
+                z = np.load(zf); r["ari_zdim4"] = ari(z, labels)
+                st = state_latents(z, labels)              # same CryoBench targets as cryonb's per_conformation_fsc
+                np.savetxt(wd / "reference_states_zdim4.txt", st.attrs["z"])
+                cs = [*pre, "compute_state", str(wd / "reference"), "-o", str(wd / "reference_states"),
+                      "--latent-points", str(wd / "reference_states_zdim4.txt")]
+                t, mem, c2, cpu = run_measured(cs, wd / "reference_states.log", a.timeout)
+                r["compute_state"] = dict(wall_s=t, cpu_s=cpu, peak_rss_MiB=mem, rc=c2)
+                if c2 == 0:
+                    sd = wd / "reference_states"
+                    r["per_conformation_auc_zdim4"] = per_state_auc([read_map(sd / f"state{i:03d}.mrc")[0] for i in range(len(st))], syn)
+                    r["per_conformation_auc_zdim4_unfiltered"] = per_state_auc([read_map(sd / f"state{i:03d}_unfil.mrc")[0] for i in range(len(st))], syn)
         results["reference"] = r
         print("reference recovar:", json.dumps(r, indent=1))
-        if code == 0 and results["cryonb"]["rc"] == 0:
-            results["speedup"] = r["wall_s"] / results["cryonb"]["wall_s"]
-            results["cpu_ratio"] = r["cpu_s"] / results["cryonb"]["cpu_s"]
-            results["memory_ratio"] = results["cryonb"]["peak_rss_MiB"] / r["peak_rss_MiB"]
+        if code == 0 and res["rc"] == 0:
+            results["speedup"] = r["wall_s"] / res["wall_s"]
+            results["cpu_ratio"] = r["cpu_s"] / res["cpu_s"]
+            results["memory_ratio"] = res["peak_rss_MiB"] / r["peak_rss_MiB"]
             print(f"speed-up (reference / cryonb wall time): {results['speedup']:.2f}x (CPU time {results['cpu_ratio']:.2f}x); memory (cryonb / reference peak RSS): {results['memory_ratio']:.2f}")
     if a.json: Path(a.json).write_text(json.dumps(results, indent=1))
     print(f"work folder: {wd}")
