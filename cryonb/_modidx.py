@@ -405,6 +405,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'cryonb.methods.recovar._trajectory': ('recovar.html#_trajectory', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar._unpad_ft': ('recovar.html#_unpad_ft', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar._write_map': ('recovar.html#_write_map', 'cryonb/methods/recovar.py'),
+                                        'cryonb.methods.recovar._write_volumes': ( 'recovar.html#_write_volumes',
+                                                                                   'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar.analyze': ('recovar.html#analyze', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar.analyze_main': ('recovar.html#analyze_main', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar.cli_recovar': ('recovar.html#cli_recovar', 'cryonb/methods/recovar.py'),

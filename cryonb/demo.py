@@ -253,6 +253,7 @@ def _step_key(ctx: DemoContext) -> str:
     return json.dumps(dict(params=_jsonable(ctx.params), seed=ctx.seed, version=__version__), sort_keys=True)
 
 def step_file(ctx: DemoContext, name: str) -> Path:
+    "Path of the cached result of step `name` (`out/steps/NAME.json`)."
     return ctx.out / "steps" / (name.replace(":", "_") + ".json")
 
 def run_demo(out="demo_out", size: str = "small", device: str | None = None, seed: int = 0, methods: list[str] | None = None,

@@ -948,6 +948,7 @@ def _pipeline_parser():
     return p
 
 def pipeline_main(argv) -> int:
+    "`cryonb recovar pipeline PARTICLES -o OUTDIR ...`: run `recovar_pipeline` on a particle file and write RECOVAR's layout, `report.html` and `run.log`. Returns the exit code; raises `InputError` on bad input."
     a = _pipeline_parser().parse_args(argv)
     out = Path(a.outdir); out.mkdir(parents=True, exist_ok=True)
     log = _logger(out / "run.log")
@@ -1010,6 +1011,7 @@ def _read_points(path, K=None):
     return z
 
 def compute_state_main(argv) -> int:
+    "`cryonb recovar compute-state OUTDIR -o DIR --latent-points z.txt`: kernel-regression maps `DIR/vol0000.mrc…` at the given latent points (or reweighted by `--external-z`). Returns the exit code."
     p = argparse.ArgumentParser(prog="cryonb recovar compute-state", description="volumes at latent points by kernel regression")
     p.add_argument("outdir"); p.add_argument("-o", "--out", required=True)
     p.add_argument("--latent-points", required=True, help="text/.npy file, one latent point per row")
@@ -1026,12 +1028,17 @@ def compute_state_main(argv) -> int:
         zext = _read_points(a.external_z)
         if zext.shape[1] != K: raise InputError(f"{a.external_z}: {zext.shape[1]} dims, points have {K}")
     vols, info = reconstruct_at(a.outdir, pts, K, a.Bfactor, a.n_bins, a.device, z=zext)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    apix = load_result(a.outdir)["params"]["apix"]
-    for t, v in enumerate(vols): _write_map(out / f"vol{t:04d}.mrc", v, apix)
-    np.savetxt(out / "latent_points.txt", pts)
+    out = _write_volumes(a.outdir, a.out, vols, pts, "latent_points.txt")
     print(f"wrote {len(vols)} volume(s) to {out}")
     return 0
+
+def _write_volumes(outdir, out, vols, points, points_name: str) -> Path:
+    "Write `vols (T,D,D,D)` as `out/vol0000.mrc…` with the pipeline's pixel size, and the latent `points (T,K)` as text."
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    apix = load_result(outdir)["params"]["apix"]
+    for t, v in enumerate(vols): _write_map(out / f"vol{t:04d}.mrc", v, apix)
+    np.savetxt(out / points_name, np.asarray(points))
+    return out
 
 def _trajectory(z, density, start, end, n_vols):
     from cryonb.analysis import density_path, resample_path
@@ -1039,6 +1046,7 @@ def _trajectory(z, density, start, end, n_vols):
     return resample_path(path.points, n_vols), path
 
 def compute_trajectory_main(argv) -> int:
+    "`cryonb recovar compute-trajectory OUTDIR -o DIR --endpts e.txt`: maps along a high-density latent path (or a straight line with `--linear`) between two points. Returns the exit code."
     p = argparse.ArgumentParser(prog="cryonb recovar compute-trajectory", description="volumes along a high-density latent path")
     p.add_argument("outdir"); p.add_argument("-o", "--out", required=True)
     p.add_argument("--endpts", required=True, help="text file with two latent points (rows)")
@@ -1058,10 +1066,7 @@ def compute_trajectory_main(argv) -> int:
         from cryonb.analysis import kde_density
         pts, _ = _trajectory(z, kde_density(z[:, :min(4, K)]), e[0], e[1], a.n_vols)
     vols, _ = reconstruct_at(a.outdir, pts, K, a.Bfactor, device=a.device)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    apix = load_result(a.outdir)["params"]["apix"]
-    for t, v in enumerate(vols): _write_map(out / f"vol{t:04d}.mrc", v, apix)
-    np.savetxt(out / "path.txt", pts)
+    out = _write_volumes(a.outdir, a.out, vols, pts, "path.txt")
     print(f"wrote {len(vols)} volume(s) along the path to {out}")
     return 0
 
@@ -1108,6 +1113,7 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     return res
 
 def analyze_main(argv) -> int:
+    "`cryonb recovar analyze OUTDIR --zdim K`: k-means, UMAP, density and trajectories via `analyze`. Returns the exit code."
     p = argparse.ArgumentParser(prog="cryonb recovar analyze", description="k-means, UMAP, density, trajectories and volumes")
     p.add_argument("outdir"); p.add_argument("--zdim", type=int, required=True)
     p.add_argument("--n-clusters", type=int, default=20); p.add_argument("--n-trajectories", type=int, default=0)
