@@ -18,8 +18,8 @@ __all__ = ['CryoFormatError', 'StackNotFoundError', 'TruncatedFileError', 'Missi
            'write_star', 'join_optics', 'parse_image_names', 'resolve_stack_path', 'read_cs', 'SafeUnpickler',
            'read_pkl', 'write_pkl', 'read_poses_pkl', 'write_poses_pkl', 'read_ctf_pkl', 'write_ctf_pkl',
            'read_ind_pkl', 'read_latents', 'load_checkpoint', 'star_fields', 'cs_fields', 'ParticleMetadata',
-           'read_txt_list', 'load_particles', 'read_images', 'Structure', 'read_structure', 'write_pdb', 'info_lines',
-           'cli_info', 'cli_parse_pose', 'cli_parse_ctf', 'cli_downsample']
+           'read_txt_list', 'load_particles', 'read_images', 'Structure', 'read_structure', 'write_pdb',
+           'gemmi_structure', 'info_lines', 'cli_info', 'cli_parse_pose', 'cli_parse_ctf', 'cli_downsample']
 
 # %% ../nbs/03_io.ipynb #35a03c17
 class CryoFormatError(ValueError):
@@ -1043,24 +1043,33 @@ def write_pdb(path, coords, template: Structure | None = None, elements=None, at
     bf = np.zeros(n) if bfactors is None and (t is None or t.bfactors is None) else pick(bfactors, "bfactors", None)
     for name, a in dict(elements=el, atom_names=an, res_names=rn, res_nums=rs, chains=ch, bfactors=bf).items():
         if len(a) != n: raise CryoFormatError(f"{path}: {name} has {len(a)} entries; expected one per atom ({n})")
+    gemmi_structure(X, an, rn, rs, el, ch, bf).write_pdb(str(path))
+    return Path(path)
+
+def gemmi_structure(coords, atom_names, res_names, res_nums, elements, chains, bfactors):
+    """A `gemmi.Structure` with one model per conformation: `coords (n_models, n_atoms, 3)` Å and one
+    entry per atom in each of `atom_names`, `res_names`, `res_nums`, `elements`, `chains`, `bfactors`
+    (Å²). A new residue starts where the (number, name) pair changes, a new chain where the chain ID
+    changes. The caller checks the lengths (`write_pdb`, `cryonb.structure.atoms_to_structure`)."""
+    import gemmi
+    X = np.asarray(coords, dtype=np.float64)
     st = gemmi.Structure()
     for m in range(X.shape[0]):
         model = gemmi.Model(m + 1)
         chain, res, last = None, None, None
-        for i in range(n):
-            if chain is None or chain.name != ch[i]:
-                model.add_chain(gemmi.Chain(str(ch[i]))); chain = model[len(model) - 1]; last = None
-            key = (int(rs[i]), str(rn[i]))
+        for i in range(X.shape[1]):          # gemmi adds atoms one at a time (no batched API)
+            if chain is None or chain.name != chains[i]:
+                model.add_chain(gemmi.Chain(str(chains[i]))); chain = model[len(model) - 1]; last = None
+            key = (int(res_nums[i]), str(res_names[i]))
             if key != last:
                 r = gemmi.Residue(); r.name = key[1]; r.seqid = gemmi.SeqId(key[0], " "); r.het_flag = "A"
                 chain.add_residue(r); res = chain[len(chain) - 1]; last = key
-            a = gemmi.Atom(); a.name = str(an[i]); a.element = gemmi.Element(str(el[i]))
-            a.pos = gemmi.Position(*X[m, i]); a.occ = 1.0; a.b_iso = float(bf[i])
+            a = gemmi.Atom(); a.name = str(atom_names[i]); a.element = gemmi.Element(str(elements[i]))
+            a.pos = gemmi.Position(*X[m, i]); a.occ = 1.0; a.b_iso = float(bfactors[i])
             res.add_atom(a)
         st.add_model(model)
     st.setup_entities()
-    st.write_pdb(str(path))
-    return Path(path)
+    return st
 
 # %% ../nbs/03_io.ipynb #786d28eb
 def _describe_pkl(path) -> list:

@@ -198,12 +198,6 @@ def from_box_frame(coords, D: int, apix: float):
     return torch.as_tensor(coords) + (D // 2) * apix
 
 # %% ../nbs/05_structure.ipynb #984cac06
-def _new_structure(n_models: int) -> gemmi.Structure:
-    st = gemmi.Structure()
-    for i in range(n_models): st.add_model(gemmi.Model(i + 1))
-    return st
-
-
 def atoms_to_structure(coords, names, resnames, resids, elements, chains=None, bfactors=None) -> gemmi.Structure:
     """A `gemmi.Structure` with one model per leading index of `coords (n_models, n_atoms, 3)` Å
     (or `(n_atoms, 3)`). `bfactors` per atom (Å², default 0) or a scalar."""
@@ -214,20 +208,8 @@ def atoms_to_structure(coords, names, resnames, resids, elements, chains=None, b
     b = np.broadcast_to(np.asarray(0.0 if bfactors is None else bfactors, dtype=np.float64), (n,))
     for nm, arr in dict(names=names, resnames=resnames, resids=resids, elements=elements, chains=chains).items():
         if len(arr) != n: raise ValueError(f"atoms_to_structure: {nm} has {len(arr)} entries, coords have {n} atoms")
-    st = _new_structure(coords.shape[0])
-    for mi, model in enumerate(st):
-        ch = res = None
-        for i in range(n):
-            if ch is None or ch.name != chains[i]:
-                model.add_chain(gemmi.Chain(str(chains[i]))); ch = model[len(model) - 1]; res = None
-            if res is None or res.seqid.num != int(resids[i]) or res.name != resnames[i]:
-                r = gemmi.Residue(); r.name = str(resnames[i]); r.seqid = gemmi.SeqId(int(resids[i]), " ")
-                ch.add_residue(r); res = ch[len(ch) - 1]
-            at = gemmi.Atom(); at.name = str(names[i]); at.element = gemmi.Element(str(elements[i]))
-            at.pos = gemmi.Position(*coords[mi, i]); at.occ = 1.0; at.b_iso = float(b[i])
-            res.add_atom(at)
-    st.setup_entities()
-    return st
+    from cryonb.io import gemmi_structure
+    return gemmi_structure(coords, names, resnames, resids, elements, chains, b)
 
 
 def write_cg_pdb(path, coords, model: CGModel | None = None, bfactors=None) -> Path:
