@@ -132,107 +132,44 @@ class SieveParticles:
     `images(idx) -> ndarray (B,D,D) float32`. Raises `InputError` naming the file and the missing
     field, `FileNotFoundError` for a missing stack."""
     def __init__(self, star, angpix: float | None = None, directory=None):
-        self.path = Path(star)
-        self.blocks = _read_star(self.path)
-        self.particle_block = _particle_block(self.blocks, self.path)
-        df = self.blocks[self.particle_block]
-        optics = self.blocks.get("optics")
-        if len(df) == 0: raise InputError(f"{self.path}: the particle table is empty")
-        if optics is not None and "rlnOpticsGroup" in optics.columns and "rlnOpticsGroup" not in df.columns:
-            if len(optics) == 1: df = df.assign(rlnOpticsGroup=optics["rlnOpticsGroup"].iloc[0])
-            else: raise InputError(f"{self.path}: {len(optics)} optics groups but the particles have no rlnOpticsGroup")
-        def col(name, default=None):
-            "Per-row values of `name`: particle column, else mapped from the optics table by group (no reordering)."
-            if name in df.columns: return df[name].to_numpy()
-            if optics is not None and name in optics.columns and "rlnOpticsGroup" in df.columns:
-                m = optics.set_index("rlnOpticsGroup")[name]
-                v = df["rlnOpticsGroup"].map(m)
-                if v.isna().any():
-                    bad = sorted(set(df["rlnOpticsGroup"][v.isna()].tolist()))
-                    raise InputError(f"{self.path}: particles refer to optics group(s) {bad} absent from data_optics")
-                return v.to_numpy()
-            if default is not None: return np.full(len(df), default)
-            raise InputError(f"{self.path}: missing field {name} ({_REQUIRED.get(name, 'required')})")
-        self.N = len(df)
-        # pixel size: RELION >= 3.1 per particle from optics, else --angpix, else magnification/detector
-        if "rlnImagePixelSize" in df.columns or (optics is not None and "rlnImagePixelSize" in optics.columns):
-            apix = col("rlnImagePixelSize").astype(np.float64)
-        elif angpix is not None:
-            apix = np.full(self.N, float(angpix))
-        elif "rlnDetectorPixelSize" in df.columns and "rlnMagnification" in df.columns:
-            apix = col("rlnDetectorPixelSize").astype(np.float64) * 1e4 / col("rlnMagnification").astype(np.float64)
-        else:
-            raise InputError(f"{self.path}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize+rlnMagnification); pass --angpix")
-        if not (apix > 0).all(): raise InputError(f"{self.path}: pixel sizes must be > 0 Å, got min {apix.min()}")
-        self.apix = apix
-        if "rlnOriginXAngst" in df.columns or "rlnOriginYAngst" in df.columns:
-            ox, oy = col("rlnOriginXAngst", 0.0) / apix, col("rlnOriginYAngst", 0.0) / apix
-        else:
-            ox, oy = col("rlnOriginX", 0.0), col("rlnOriginY", 0.0)
-        self.shifts_px = np.stack([ox, oy], -1).astype(np.float64)
-        for name in _REQUIRED: col(name)  # clear error for the first missing field
+        from cryonb.io import load_particles
         from cryonb.geometry import euler_to_matrix
-        ang = np.stack([col("rlnAngleRot"), col("rlnAngleTilt"), col("rlnAnglePsi")], -1).astype(np.float64)
-        self.rotations = euler_to_matrix(torch.as_tensor(ang, dtype=torch.float64)).numpy()
-        self.ctf = dict(defocus_u=col("rlnDefocusU"), defocus_v=col("rlnDefocusV"), defocus_angle=col("rlnDefocusAngle"),
-                        voltage=col("rlnVoltage"), cs=col("rlnSphericalAberration"),
-                        amplitude_contrast=col("rlnAmplitudeContrast"), phase_shift=col("rlnPhaseShift", 0.0))
-        self.ctf = {k: np.asarray(v, dtype=np.float64) for k, v in self.ctf.items()}
-        self.halfset = np.asarray(col("rlnRandomSubset")).astype(np.int64)
-        # image locations
-        names = df["rlnImageName"].astype(str).to_numpy()
-        parts = np.char.partition(names.astype(str), "@")
-        if not (parts[:, 1] == "@").all():
-            raise InputError(f"{self.path}: rlnImageName must be 'index@stack', got {names[~(parts[:, 1] == '@')][0]!r}")
-        try: self.image_index = parts[:, 0].astype(np.int64) - 1
-        except ValueError as e: raise InputError(f"{self.path}: bad image index in rlnImageName ({e})") from e
-        files, self.file_id = np.unique(parts[:, 2], return_inverse=True)
-        self.files = [self._resolve(f, directory) for f in files]
-        self._mm = {}
-        self.D = self._stack(0).shape[-1]
-
-    def _resolve(self, name, directory):
-        cands = [Path(directory) / name] if directory is not None else [Path(name), self.path.parent / name]
-        for c in cands:
-            if c.is_file(): return c
-        raise FileNotFoundError(f"{self.path}: image stack {name!r} not found (looked for {', '.join(map(str, cands))}); "
-                                "use --directory to give the folder the image paths are relative to")
-
-    max_open = 64   # memory-mapped stacks kept open at once (RELION writes one stack per micrograph: thousands)
-
-    def _stack(self, fid):
-        "The memory-mapped data `(n, D, D)` of stack `fid`; least recently used stacks are closed beyond `max_open`."
-        if fid in self._mm:
-            self._mm[fid] = self._mm.pop(fid)             # most recently used last
-            return self._mm[fid][1]
-        import mrcfile
-        m = mrcfile.mmap(self.files[fid], mode="r", permissive=True)
-        if m.data is None: raise InputError(f"{self.files[fid]}: no image data (truncated or not an MRC stack)")
-        self._mm[fid] = (m, m.data if m.data.ndim == 3 else m.data[None])
-        while len(self._mm) > self.max_open:
-            old = next(iter(self._mm)); self._mm.pop(old)[0].close()
-        return self._mm[fid][1]
+        self.path = Path(star)
+        self.blocks = _read_star(self.path)                      # every table, for writing row subsets back
+        self.particle_block = _particle_block(self.blocks, self.path)
+        df, optics = self.blocks[self.particle_block], self.blocks.get("optics")
+        if len(df) == 0: raise InputError(f"{self.path}: the particle table is empty")
+        have = set(df.columns) | (set(optics.columns) if optics is not None else set())
+        for name, what in _REQUIRED.items():                      # clear error for the first missing field
+            if name not in have: raise InputError(f"{self.path}: missing field {name} ({what})")
+        # reading, the optics join (without reordering), origins and path resolution: cryonb.io.
+        # Pixel size as the reference: the star's own (optics / magnification), --angpix only when it has none.
+        star_apix = "rlnImagePixelSize" in have or {"rlnDetectorPixelSize", "rlnMagnification"} <= have
+        if not star_apix and angpix is None:
+            raise InputError(f"{self.path}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize+rlnMagnification); pass --angpix")
+        self.meta = load_particles(self.path, datadir=directory, apix=None if star_apix else float(angpix))
+        m = self.meta
+        self.N = len(df)
+        apix = getattr(m, "apix_per_particle", None)
+        self.apix = np.asarray(apix if apix is not None else np.full(self.N, m.apix), dtype=np.float64)
+        if not (self.apix > 0).all(): raise InputError(f"{self.path}: pixel sizes must be > 0 Å, got min {self.apix.min()}")
+        self.shifts_px = np.asarray(m.shifts_px, dtype=np.float64)
+        ang = np.stack([m.table["rlnAngleRot"], m.table["rlnAngleTilt"], m.table["rlnAnglePsi"]], -1).astype(np.float64)
+        self.rotations = euler_to_matrix(torch.as_tensor(ang)).numpy()   # float64, like the reference's arithmetic
+        self.ctf = {k: np.asarray(m.ctf_values[k], dtype=np.float64) for k in
+                    ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift")}
+        self.halfset = m.table["rlnRandomSubset"].to_numpy().astype(np.int64)
+        self.D = int(m.D)
 
     def close(self):
-        "Close every open stack."
-        for m, _ in self._mm.values(): m.close()
-        self._mm.clear()
+        "Nothing to close: `cryonb.io` manages the memory-mapped stacks (kept for API compatibility)."
 
     def __len__(self): return self.N
 
     def images(self, idx) -> np.ndarray:
-        "Images of rows `idx` (B,) as `(B, D, D)` float32, read from the memory-mapped stacks."
-        idx = np.asarray(idx)
-        out = np.empty((len(idx), self.D, self.D), dtype=np.float32)
-        fids = self.file_id[idx]
-        for f in np.unique(fids):
-            sel = np.flatnonzero(fids == f)
-            data, ii = self._stack(int(f)), self.image_index[idx[sel]]
-            if ii.min() < 0 or ii.max() >= len(data):
-                raise InputError(f"{self.path}: image index {int(ii.max()) + 1} out of range for {self.files[f]} ({len(data)} images)")
-            if data.shape[-1] != self.D: raise InputError(f"{self.files[f]}: box {data.shape[-1]} differs from {self.D}")
-            out[sel] = data[ii]
-        return out
+        "Images of rows `idx` (B,) as `(B, D, D)` float32, read from the memory-mapped stacks (`cryonb.io.read_images`)."
+        from cryonb.io import read_images
+        return read_images(self.meta, np.asarray(idx))
 
     def ctf_params(self, idx, device=None, dtype=torch.float64):
         "`cryonb.ctf.CTFParams` of rows `idx`, B-factor 0 and scale 1 (the reference ignores both)."
