@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'InputError', 'as_tensor', 'batches']
+__all__ = ['get_device', 'InputError', 'as_tensor', 'batches', 'atomic_write', 'get_logger', 'timed']
 
 # %% ../nbs/00_core.ipynb #16522c38
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -44,3 +44,68 @@ def batches(n: int, batch_size: int):
     "Yield `slice`s covering `range(n)` in blocks of `batch_size` (the last may be shorter)."
     if batch_size < 1: raise InputError(f"batch_size must be >= 1, got {batch_size}")
     for i in range(0, n, batch_size): yield slice(i, min(i + batch_size, n))
+
+# %% ../nbs/00_core.ipynb #2674c27b
+import contextlib, logging, tempfile, time
+from pathlib import Path
+
+@contextlib.contextmanager
+def atomic_write(path, suffix: str | None = None):
+    """Context manager for writing `path` atomically: yields a temporary `Path` in the same folder
+    (same suffix, so writers that look at the extension behave); write the whole file there. On a
+    clean exit the file is fsync'ed and renamed onto `path` (`os.replace`); on an exception it is
+    removed and `path` is left as it was. The parent folder is created if missing.
+    Raises whatever the writer raises (`OSError` for a full disk, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sfx = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + sfx, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:   # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(dfd)
+        finally: os.close(dfd)
+    except OSError:
+        pass
+
+# %% ../nbs/00_core.ipynb #1194b231
+def _rank() -> int:
+    "This process's rank under `torchrun` (0 outside it), from the environment."
+    return int(os.environ.get("RANK", "0"))
+
+def get_logger(name: str = "cryonb") -> logging.Logger:
+    """The `logging` logger `name` (use the module's `__name__`). Messages go to stderr as
+    `name: message`; INFO is shown on rank 0 only under `torchrun` (warnings on every rank).
+    `CRYONB_LOG_LEVEL` (e.g. `DEBUG`, `WARNING`) changes the level."""
+    root = logging.getLogger("cryonb")
+    if not getattr(root, "_cryonb_setup", False):
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(h)
+        root.propagate = False
+        default = "INFO" if _rank() == 0 else "WARNING"
+        root.setLevel(os.environ.get("CRYONB_LOG_LEVEL", default).upper())
+        root._cryonb_setup = True
+    return logging.getLogger(name if name.startswith("cryonb") else f"cryonb.{name}")
+
+@contextlib.contextmanager
+def timed(label: str, logger: logging.Logger | None = None, level: int = logging.INFO):
+    """Context manager that logs `label: 1.23 s` (wall time) when the block ends; the elapsed
+    seconds are also available as `.seconds` on the yielded object."""
+    class _T: seconds = 0.0
+    t = _T()
+    t0 = time.perf_counter()
+    try:
+        yield t
+    finally:
+        t.seconds = time.perf_counter() - t0
+        (logger or get_logger()).log(level, f"{label}: {t.seconds:.2f} s")
