@@ -4,12 +4,13 @@
 
 # %% ../nbs/03_io.ipynb #9f06a856
 from __future__ import annotations
-import os, io as _io, pickle, warnings, argparse, sys
+import os, io as _io, pickle, tempfile, warnings, sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from .core import InputError, atomic_write
 
 # %% auto #0
 __all__ = ['CryoFormatError', 'StackNotFoundError', 'TruncatedFileError', 'MissingColumnError', 'ImageIndexError',
@@ -19,11 +20,12 @@ __all__ = ['CryoFormatError', 'StackNotFoundError', 'TruncatedFileError', 'Missi
            'read_pkl', 'write_pkl', 'read_poses_pkl', 'write_poses_pkl', 'read_ctf_pkl', 'write_ctf_pkl',
            'read_ind_pkl', 'read_latents', 'load_checkpoint', 'star_fields', 'cs_fields', 'ParticleMetadata',
            'read_txt_list', 'load_particles', 'read_images', 'Structure', 'read_structure', 'write_pdb',
-           'gemmi_structure', 'info_lines', 'cli_info', 'cli_parse_pose', 'cli_parse_ctf', 'cli_downsample']
+           'gemmi_structure', 'info_lines']
 
 # %% ../nbs/03_io.ipynb #35a03c17
-class CryoFormatError(ValueError):
-    "A file exists but its content is not what cryonb expects (message names file, field, expectation)."
+class CryoFormatError(InputError):
+    """A file exists but its content is not what cryonb expects (message names file, field, expectation).
+    Every io format error derives from it, and it derives from `core.InputError`, the one root of bad input."""
 
 class StackNotFoundError(FileNotFoundError):
     "An image stack named in a STAR/.cs/.txt file resolves nowhere; the message lists every path tried."
@@ -172,17 +174,19 @@ def write_map(path, data, apix: float | None, origin=None, overwrite: bool = Tru
 
     `apix` (Å/voxel) goes to the header (`cella = D·apix`; None writes 0, i.e. *missing*). `origin` is
     the `(x, y, z)` position in Å of voxel `[0,0,0]`; by default `-(D//2)·apix`, which puts the box
-    centre (voxel `D//2`) at 0 Å (as RELION/ChimeraX expect for centred maps).
-    Raises `CryoFormatError` if `data` is not 3-D."""
+    centre (voxel `D//2`) at 0 Å (as RELION/ChimeraX expect for centred maps). Written atomically
+    (`core.atomic_write`). Raises `CryoFormatError` if `data` is not 3-D."""
     import mrcfile
     data = np.ascontiguousarray(_to_numpy(data), dtype=np.float32)
     if data.ndim != 3: raise CryoFormatError(f"{path}: write_map needs a 3-D array (z,y,x); got shape {data.shape}")
     a = float(apix) if apix else 0.0
     if origin is None: origin = tuple(-(s // 2) * a for s in data.shape[::-1])
-    with mrcfile.new(str(path), overwrite=overwrite) as m:
-        m.set_data(data)
-        m.voxel_size = a
-        m.header.origin.x, m.header.origin.y, m.header.origin.z = (float(o) for o in origin)
+    if not overwrite and Path(path).exists(): raise FileExistsError(f"{path}: exists (overwrite=False)")
+    with atomic_write(path) as tmp:
+        with mrcfile.new(str(tmp), overwrite=True) as m:
+            m.set_data(data)
+            m.voxel_size = a
+            m.header.origin.x, m.header.origin.y, m.header.origin.z = (float(o) for o in origin)
     return Path(path)
 
 # %% ../nbs/03_io.ipynb #b29b84a2
@@ -191,12 +195,17 @@ class StackWriter:
 
     `StackWriter(path, apix)`; `.append(images)` with `(B, D, D)` or `(D, D)` arrays/tensors
     (float32 on disk); `.close()` (or leaving a `with` block) writes the final header
-    (nz, statistics, voxel size `apix` Å, `ispg=0`). Raises `NonSquareImageError` on non-square
+    (nz, statistics, voxel size `apix` Å — 0 when unknown —, `ispg=0`) and renames the temporary file
+    in the same folder onto `path`: a stack that fails half-way (an exception in the `with` block,
+    a full disk) leaves no file claiming images it does not hold. Raises `NonSquareImageError` on non-square
     images and `CryoFormatError` when a chunk's box differs from the first chunk's."""
     def __init__(self, path, apix: float | None = None):
         self.path, self.apix = str(path), (float(apix) if apix else None)
         self.n, self.D = 0, None
-        self._f = open(self.path, "wb"); self._f.write(b"\0" * 1024)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{Path(self.path).name}.", suffix=".tmp.mrcs", dir=Path(self.path).parent)
+        self._f = os.fdopen(fd, "wb")
+        self._f.write(b"\0" * 1024)
         self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
 
     def append(self, images):
@@ -219,7 +228,7 @@ class StackWriter:
         if self._f is None: return
         from mrcfile.dtypes import HEADER_DTYPE
         from mrcfile.utils import machine_stamp_from_byte_order
-        D, n, a = self.D or 0, self.n, self.apix or 1.0
+        D, n, a = self.D or 0, self.n, self.apix or 0.0     # no pixel size: 0 in the header, never 1 Å
         h = np.zeros((), dtype=HEADER_DTYPE).view(np.recarray)
         h.nx = h.ny = h.mx = h.my = D; h.nz = n; h.mz = 1; h.mode = 2
         h.cella.x = h.cella.y = D * a; h.cella.z = a
@@ -230,13 +239,28 @@ class StackWriter:
         mean = self._sum / npx
         h.dmin, h.dmax = (self._min, self._max) if n else (0, -1)
         h.dmean = mean; h.rms = np.sqrt(max(self._sumsq / npx - mean * mean, 0.0))
-        self._f.seek(0); self._f.write(h.tobytes()); self._f.close(); self._f = None
+        self._f.seek(0)
+        self._f.write(h.tobytes())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
+        os.replace(self._tmp, self.path)
         return Path(self.path)
 
+    def abort(self):
+        "Drop the partial stack: nothing is left at `path` (an existing file there is untouched)."
+        if self._f is None: return
+        self._f.close()
+        self._f = None
+        Path(self._tmp).unlink(missing_ok=True)
+
     def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None: self.close()
+        else: self.abort()
     def __del__(self):
-        try: self.close()
+        try: self.abort()
         except Exception: pass
 
 def write_stack(path, images, apix: float | None = None):
@@ -270,10 +294,11 @@ def read_star(path):
 def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame | None = None):
     """Write a RELION STAR file: `data_optics` (if given) then `data_particles` (RELION 3.1+ layout),
     or a single `data_images` table when `optics` is None (RELION 3.0 layout). All columns are kept;
-    floats keep 15 significant digits (lossless for values read from text)."""
+    floats keep 15 significant digits (lossless for values read from text). Written atomically."""
     import starfile
     data = {"optics": optics, "particles": particles} if optics is not None else {"images": particles}
-    starfile.write(data, str(path), float_format="%.15g", overwrite=True)
+    with atomic_write(path, suffix=".star") as tmp:
+        starfile.write(data, str(tmp), float_format="%.15g", overwrite=True)
     return Path(path)
 
 def join_optics(particles: pd.DataFrame, optics: pd.DataFrame | None, column: str, path="STAR file"):
@@ -399,7 +424,7 @@ def read_pkl(path):
     return obj
 
 def write_pkl(path, obj):
-    "Write arrays/tuples/dicts (tensors are converted to NumPy) as a pickle readable by cryoDRGN and `read_pkl`."
+    "Write arrays/tuples/dicts (tensors are converted to NumPy) as a pickle readable by cryoDRGN and `read_pkl`, atomically."
     def conv(o):
         if isinstance(o, torch.Tensor): return o.detach().cpu().numpy()
         if isinstance(o, tuple): return tuple(conv(x) for x in o)
@@ -407,7 +432,8 @@ def write_pkl(path, obj):
         if isinstance(o, dict): return {k: conv(v) for k, v in o.items()}
         return o
     obj = conv(obj); _check_plain(obj, path)
-    with open(path, "wb") as f: pickle.dump(obj, f, protocol=4)
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f: pickle.dump(obj, f, protocol=4)
     return Path(path)
 
 # %% ../nbs/03_io.ipynb #765512b8
@@ -1120,123 +1146,3 @@ def info_lines(path, datadir=None) -> list:
     if m.missing: L += ["missing: " + "; ".join(m.missing)]
     return L
 
-def cli_info(argv: list[str]) -> int:
-    "`cryonb info FILE [--datadir DIR]`: count, box, pixel size, optics groups, columns present, fields missing."
-    ap = argparse.ArgumentParser(prog="cryonb info", description="Summarise a stack/map/star/cs/txt/pkl/pdb file.")
-    ap.add_argument("files", nargs="+"); ap.add_argument("--datadir", default=None)
-    a = ap.parse_args(argv)
-    rc = 0
-    for f in a.files:
-        try: print("\n".join(info_lines(f, a.datadir)))
-        except (ValueError, FileNotFoundError) as e: print(f"cryonb info: {e}", file=sys.stderr); rc = 1
-    return rc
-
-def cli_parse_pose(argv: list[str]) -> int:
-    """`cryonb parse-pose INPUT [-D D] [--Apix A] [--abinit] [--hetrefine] -o pose.pkl`: cryoDRGN pose `.pkl`
-    (rot = RELION A, trans = origin_px / D) from a RELION `.star` or cryoSPARC `.cs`."""
-    ap = argparse.ArgumentParser(prog="cryonb parse-pose", description="Write a cryoDRGN pose .pkl (rot (N,3,3), trans (N,2) = origin_px/D).")
-    ap.add_argument("input"); ap.add_argument("-D", type=int, default=None, help="box size in pixels (default: from the file/stacks)")
-    ap.add_argument("--Apix", type=float, default=None, help="pixel size in Å (to convert Å origins to pixels)")
-    ap.add_argument("--abinit", action="store_true", help="cryoSPARC ab-initio: read alignments_class_0")
-    ap.add_argument("--hetrefine", action="store_true", help="cryoSPARC heterogeneous refinement: double the shifts")
-    ap.add_argument("--datadir", default=None); ap.add_argument("-o", "--output", required=True)
-    a = ap.parse_args(argv)
-    try:
-        m = load_particles(a.input, apix=a.Apix, abinit=a.abinit, hetrefine=a.hetrefine, datadir=a.datadir, require_images=False)
-        D = a.D or m.D
-        if m.rotations is None: raise MissingColumnError(f"{a.input}: no poses (Euler angles / alignments3D/pose) in this file")
-        if D is None: raise MissingColumnError(f"{a.input}: box size unknown (no rlnImageSize, blob/shape or readable stack); pass -D")
-        if m.shifts_px is None: raise MissingColumnError(f"{a.input}: origins are in Å but the pixel size is unknown; pass --Apix")
-        write_poses_pkl(a.output, m.rotations, m.shifts_px / D)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cryonb parse-pose: {e}", file=sys.stderr); return 1
-    print(f"wrote {len(m)} poses (D={D}) to {a.output}")
-    return 0
-
-def cli_parse_ctf(argv: list[str]) -> int:
-    """`cryonb parse-ctf INPUT [-D D] [--Apix A] [-w W] [--kv KV] [--cs CS] [--ps PS] -o ctf.pkl`: cryoDRGN CTF
-    `.pkl` `(N,9)`. Flags override (or fill in) the file's values; a missing phase shift is 0."""
-    ap = argparse.ArgumentParser(prog="cryonb parse-ctf", description="Write a cryoDRGN CTF .pkl (N,9).")
-    ap.add_argument("input"); ap.add_argument("-D", type=int, default=None, help="box size in pixels")
-    ap.add_argument("--Apix", type=float, default=None, help="pixel size in Å")
-    ap.add_argument("-w", type=float, default=None, help="amplitude contrast")
-    ap.add_argument("--kv", type=float, default=None, help="voltage (kV)")
-    ap.add_argument("--cs", type=float, default=None, help="spherical aberration (mm)")
-    ap.add_argument("--ps", type=float, default=None, help="phase shift (degrees)")
-    ap.add_argument("--datadir", default=None); ap.add_argument("-o", "--output", required=True)
-    a = ap.parse_args(argv)
-    try:
-        ov = {"amplitude_contrast": a.w, "voltage": a.kv, "cs": a.cs, "phase_shift": a.ps}
-        m = load_particles(a.input, apix=a.Apix, datadir=a.datadir, require_images=False, ctf_overrides=ov)
-        arr = m.ctf_array(D=a.D, apix=a.Apix)
-        write_ctf_pkl(a.output, arr)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cryonb parse-ctf: {e}", file=sys.stderr); return 1
-    print(f"wrote CTF of {len(arr)} particles to {a.output}")
-    return 0
-
-def _write_downsampled_star(m: ParticleMetadata, out: Path, stack: Path, d: int):
-    "STAR for a downsampled copy of `m` in `stack`: every column kept, image names, pixel sizes and pixel origins updated."
-    f = m.D / d
-    if m.table is not None:
-        df = m.table.copy(); optics = None if m.optics is None else m.optics.copy()
-        df["rlnImageName"] = [f"{i + 1:06d}@{stack.name}" for i in range(len(m))]
-        for c in ("rlnOriginX", "rlnOriginY"):
-            if c in df.columns: df[c] = df[c] / f
-        for t in (df, optics):
-            if t is None: continue
-            if "rlnImagePixelSize" in t.columns: t["rlnImagePixelSize"] = t["rlnImagePixelSize"] * f
-            if "rlnImageSize" in t.columns: t["rlnImageSize"] = d
-        if "rlnImagePixelSize" not in df.columns and (optics is None or "rlnImagePixelSize" not in optics.columns):
-            if "rlnDetectorPixelSize" in df.columns: df["rlnDetectorPixelSize"] = df["rlnDetectorPixelSize"] * f
-        return write_star(out, df, optics)
-    new = replace(m, image_files=[str(stack)], file_index=np.zeros(len(m), np.int64), image_index=np.arange(len(m)),
-                  D=d, apix=None if m.apix is None else m.apix * f, images_found=True,
-                  apix_per_particle=None if m.apix_per_particle is None else m.apix_per_particle * f,
-                  shifts_px=None if m.shifts_px is None else m.shifts_px / f, stack_names=None)
-    return new.write_star(out)
-
-def _is_map_file(path) -> bool:
-    if Path(path).suffix.lower() not in (".mrc", ".map"): return False
-    h = read_mrc_header(path)
-    return h.shape[0] == h.shape[1] == h.shape[2]
-
-def cli_downsample(argv: list[str]) -> int:
-    """`cryonb downsample INPUT -D d -o OUT [--is-vol|--is-stack] [--datadir DIR] [-b B]`: Fourier-crop a
-    particle input (stack/star/cs/txt → `.mrcs`) or a map (→ `.mrc`) to box `d`; pixel size `apix·D/d`.
-    With `-o OUT.star`, images go to `OUT.mrcs` and `OUT.star` describes them (input columns kept;
-    image names, pixel size, box and pixel origins updated)."""
-    ap = argparse.ArgumentParser(prog="cryonb downsample", description="Fourier-crop images or a map to a smaller box (mean preserved).")
-    ap.add_argument("input"); ap.add_argument("-D", type=int, required=True, help="new box size (pixels)")
-    ap.add_argument("-o", "--output", required=True)
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--is-vol", action="store_true", help="treat INPUT as a 3-D map")
-    g.add_argument("--is-stack", action="store_true", help="treat INPUT as an image stack")
-    ap.add_argument("--datadir", default=None); ap.add_argument("-b", "--batch-size", type=int, default=1000)
-    a = ap.parse_args(argv)
-    from cryonb.fourier import downsample
-    try:
-        is_vol = a.is_vol or (not a.is_stack and _is_map_file(a.input))
-        if is_vol:
-            v, apix = read_map(a.input)
-            if a.D > v.shape[0]: raise CryoFormatError(f"{a.input}: -D {a.D} is larger than the map box {v.shape[0]}")
-            out = downsample(torch.from_numpy(v).double(), a.D, ndim=3).float()
-            new_apix = None if apix is None else apix * v.shape[0] / a.D
-            write_map(a.output, out, new_apix)
-            print(f"wrote {a.D}³ map (apix {new_apix}) to {a.output}"); return 0
-        m = load_particles(a.input, datadir=a.datadir)
-        if a.D > m.D: raise CryoFormatError(f"{a.input}: -D {a.D} is larger than the image box {m.D}")
-        if a.D % 2: raise CryoFormatError(f"{a.input}: -D {a.D} must be even")
-        new_apix = None if m.apix is None else m.apix * m.D / a.D
-        out = Path(a.output)
-        stack = out.with_suffix(".mrcs") if out.suffix.lower() == ".star" else out
-        with StackWriter(stack, new_apix) as w:
-            for s in range(0, len(m), a.batch_size):
-                x = torch.from_numpy(read_images(m, np.arange(s, min(s + a.batch_size, len(m)))))
-                w.append(downsample(x, a.D, ndim=2))
-        print(f"wrote {len(m)} images of {a.D}² (apix {new_apix}) to {stack}")
-        if stack != out:
-            _write_downsampled_star(m, out, stack, a.D); print(f"wrote {out}")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cryonb downsample: {e}", file=sys.stderr); return 1
-    return 0

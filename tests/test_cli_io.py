@@ -55,10 +55,13 @@ def test_parse_ctf_never_writes_nan(tmp_path, name):
 
 
 def test_parse_errors_are_clear(tmp_path, capsys):
-    assert main(["parse-pose", str(T("empiar_10076_7.star")), "-o", str(tmp_path / "p.pkl")]) == 1
-    assert "no poses" in capsys.readouterr().err
-    assert main(["parse-ctf", str(T(STAR)), "-D", "300", "-o", str(tmp_path / "c.pkl")]) == 1
-    assert "rlnAmplitudeContrast" in capsys.readouterr().err
+    assert main(["parse-pose", str(T("empiar_10076_7.star")), "-o", str(tmp_path / "p.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cryonb parse-pose: error:") and "no poses" in err and "empiar_10076_7.star" in err
+    assert main(["parse-ctf", str(T(STAR)), "-D", "300", "-o", str(tmp_path / "c.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cryonb parse-ctf: error:") and "rlnAmplitudeContrast" in err
+    assert not list(tmp_path.iterdir())          # nothing written
 
 
 FIXTURES = ["FinalRefinement-OriginalParticles-PfCRT.star", "relion31.star", "relion31.v2.star", "relion31.6opticsgroups.star",
@@ -91,7 +94,8 @@ def test_downsample_stack_and_map(tmp_path):
     assert main(["downsample", str(T("toy_projections_dir.star")), "--datadir", str(T("toy_datadir")), "-D", "16",
                  "-o", str(tmp_path / "d.mrcs")]) == 0
     assert cio.read_stack(tmp_path / "d.mrcs")[0].shape == (1000, 16, 16)
-    assert main(["downsample", str(T("hand.mrcs")), "-D", "80", "-o", str(tmp_path / "x.mrcs")]) == 1
+    assert main(["downsample", str(T("hand.mrcs")), "-D", "80", "-o", str(tmp_path / "x.mrcs")]) == 2
+    assert not (tmp_path / "x.mrcs").exists()
 
 
 def test_console_script_entry_point(tmp_path):
@@ -111,8 +115,6 @@ def test_downsample_relion30_star_with_pixel_origins(tmp_path):
     for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"): p[c] = o[c].iloc[0]
     cio.write_star(tmp_path / "r30.star", p)
     shutil.copy(T("relion31.mrcs"), tmp_path)
-    assert main(["downsample", str(tmp_path / "r30.star"), "-D", "64", "-o", str(tmp_path / "out" / "d.star")]) == 1  # no folder
-    (tmp_path / "out").mkdir()
     assert main(["downsample", str(tmp_path / "r30.star"), "-D", "64", "-o", str(tmp_path / "out" / "d.star")]) == 0
     m1 = cio.load_particles(tmp_path / "out" / "d.star")
     assert m1.D == 64 and m1.apix == pytest.approx(4 * 2.806)
