@@ -21,7 +21,7 @@ COMMANDS = {
                     "reconstruct a map + half-maps + FSC from particles and poses (cryoDRGN backproject_voxel-like)"),
     "reconstruct": ("cryonb.commands.reconstruction", "reconstruct", "reconstruct a map from a RELION star (relion_reconstruct-like)"),
     "fsc": ("cryonb.commands.reconstruction", "fsc", "Fourier shell correlation between two maps"),
-    "postprocess": ("cryonb.commands.reconstruction", "postprocess", "mask, FSC, resolution and B-factor sharpening of two half-maps"),
+    "postprocess": ("cryonb.commands.reconstruction", "postprocess_cmd", "mask, FSC, resolution and B-factor sharpening of two half-maps"),
     "analyze": ("cryonb.commands.analysis", "analyze", "PCA, UMAP, k-means, traversals and density paths on any method's latents (z.npy)"),
     "simulate": ("cryonb.commands.simulate", "simulate", "simulate particles from maps or atomic models (CryoBench image formation)"),
     "dataset": ("cryonb.commands.datasets", "dataset", "build a benchmark dataset from the embedded real structures (e.g. `dataset adk`)"),

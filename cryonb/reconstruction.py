@@ -4,12 +4,12 @@
 
 # %% ../nbs/07_reconstruction.ipynb #929e730c
 from __future__ import annotations
-import argparse, json, math, sys, warnings
+import json, math, sys, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
-from .core import InputError, get_device
+from .core import InputError, get_device, atomic_write
 from . import fourier as F
 from .ctf import CTFParams, ctf_2d
 from .projection import grid_to_volume
@@ -18,8 +18,7 @@ from .io import read_map, write_map
 # %% auto #0
 __all__ = ['Reconstructor', 'sphere_mask', 'mask_from_halfmaps', 'load_mask', 'fsc_shell_counts', 'randomize_phases',
            'masked_fsc', 'bfactor_sharpen', 'guinier', 'fit_bfactor', 'postprocess', 'write_fsc_txt', 'write_fsc_plot',
-           'write_postprocess', 'reconstruct_dataset', 'write_cli_report', 'cli_backproject', 'cli_reconstruct',
-           'cli_fsc', 'cli_postprocess']
+           'write_postprocess', 'reconstruct_dataset']
 
 # %% ../nbs/07_reconstruction.ipynb #c245624f
 def _check_map(x, name: str = "map", like: torch.Tensor | None = None) -> torch.Tensor:
@@ -513,8 +512,9 @@ def write_fsc_txt(path, freqs, curves: dict, apix: float) -> Path:
         res = np.where(f > 0, apix / np.where(f > 0, f, 1), np.inf)
     table = np.column_stack([np.arange(len(f)), f / apix, res] + list(cols.values()))
     header = "shell\tfreq_invA\tresolution_A\t" + "\t".join(cols)
-    p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
-    np.savetxt(p, table, fmt=["%d"] + ["%.6g"] * (table.shape[1] - 1), delimiter="\t", header=header)
+    p = Path(path)
+    with atomic_write(p) as tmp:
+        np.savetxt(tmp, table, fmt=["%d"] + ["%.6g"] * (table.shape[1] - 1), delimiter="\t", header=header)
     return p
 
 def write_fsc_plot(path, freqs, curves: dict, apix: float, title: str = "Fourier shell correlation") -> list[Path]:
@@ -532,15 +532,17 @@ def write_fsc_plot(path, freqs, curves: dict, apix: float, title: str = "Fourier
         print(f"note: no PNG written for {p.name} ({type(e).__name__}: {e}); the HTML plot has the same content", file=sys.stderr)
     return out
 
-def write_postprocess(result: dict, outdir, prefix: str = "postprocess") -> dict:
+def write_postprocess(result: dict, outdir, prefix: str = "postprocess", origin=None) -> dict:
     """Save a `postprocess` result in `outdir`: `<prefix>.mrc` (sharpened), `<prefix>_masked.mrc`
     (if masked), `<prefix>_fsc.txt`, `<prefix>_fsc.html` (+ `.png` with kaleido) and
-    `<prefix>.json` (resolution, B-factor, settings). Returns `{kind: path}`."""
+    `<prefix>.json` (resolution, B-factor, settings), each written atomically. `origin`: the `(x,y,z)`
+    Å position of voxel 0 — pass the half-maps' so the output keeps their frame (default: box centre
+    at 0 Å). Returns `{kind: path}`."""
     d = Path(outdir); d.mkdir(parents=True, exist_ok=True)
     apix = result["apix"]
-    paths = dict(map=write_map(d / f"{prefix}.mrc", result["map"], apix))
+    paths = dict(map=write_map(d / f"{prefix}.mrc", result["map"], apix, origin=origin))
     if result.get("map_masked") is not None:
-        paths["map_masked"] = write_map(d / f"{prefix}_masked.mrc", result["map_masked"], apix)
+        paths["map_masked"] = write_map(d / f"{prefix}_masked.mrc", result["map_masked"], apix, origin=origin)
     curves = {"corrected": result.get("fsc_corrected"), "unmasked": result.get("fsc_unmasked"),
               "masked": result.get("fsc_masked"), "phase-randomised": result.get("fsc_randomized")}
     paths["fsc_txt"] = write_fsc_txt(d / f"{prefix}_fsc.txt", result["freqs"], curves, apix)
@@ -549,7 +551,8 @@ def write_postprocess(result: dict, outdir, prefix: str = "postprocess") -> dict
     summary = {k: result[k] for k in ("resolution_A", "resolution_05_A", "bfactor", "bfactor_note", "randomize_from_A", "apix")}
     summary["masked"] = result.get("mask") is not None
     paths["json"] = d / f"{prefix}.json"
-    paths["json"].write_text(json.dumps(summary, indent=2))
+    with atomic_write(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     return paths
 
 # %% ../nbs/07_reconstruction.ipynb #29aea6bd
@@ -615,213 +618,3 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     out = rec.finalize(regularization, n_iter=n_iter)
     out.update(oversampling=ov, halfsets=how)
     return out
-
-# %% ../nbs/07_reconstruction.ipynb #380e4499
-def _reg_arg(s: str):
-    s = str(s).lower()
-    if s == "fsc": return "fsc"
-    if s in ("none", "0"): return None
-    try: return float(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"--reg must be 'fsc', 'none' or a number, got {s!r}")
-
-def _ov_arg(s: str):
-    return "auto" if s == "auto" else int(s)
-
-def _out_paths(out: str) -> dict:
-    p = Path(out)
-    if p.suffix.lower() == ".mrc":
-        st = p.with_suffix("")
-        return dict(map=p, half1=Path(f"{st}_half_map_a.mrc"), half2=Path(f"{st}_half_map_b.mrc"),
-                    fsc=Path(f"{st}_fsc.txt"), plot=Path(f"{st}_fsc.html"))
-    return dict(map=p / "backproject.mrc", half1=p / "half_map_a.mrc", half2=p / "half_map_b.mrc",
-                fsc=p / "fsc-vals.txt", plot=p / "fsc-plot.html")
-
-def _write_reconstruction(res: dict, paths: dict, plot: bool = True) -> None:
-    for k in ("map", "half1", "half2"):
-        paths[k].parent.mkdir(parents=True, exist_ok=True)
-        write_map(paths[k], res[k], res["apix"])
-    write_fsc_txt(paths["fsc"], res["freqs"], {"fsc": res["fsc"]}, res["apix"])
-    if plot:
-        write_fsc_plot(paths["plot"], res["freqs"], {"half-maps": res["fsc"]}, res["apix"],
-                       title=f"Half-map FSC ({res['counts'][0]} + {res['counts'][1]} particles)")
-
-def write_cli_report(path, title: str, params: dict, figures: list, values: dict | None = None, volume=None, apix: float | None = None) -> Path:
-    """Write the self-contained `report.html` that every reconstruction CLI leaves beside its outputs:
-    the command's parameters, the figures (plotly, with captions), a table of the measured values and
-    orthogonal slices of `volume` (Å axes). Returns the path."""
-    from cryonb.report import Report, map_slices_figure
-    rep = Report(title)
-    if values: rep.add_params({k: (round(v, 3) if isinstance(v, float) else v) for k, v in values.items()}, caption="Results")
-    for fig, cap in figures: rep.add_figure(fig, cap)
-    if volume is not None: rep.add_figure(map_slices_figure(volume, apix=apix), "Central slices of the map.")
-    rep.add_params({k: str(v) for k, v in params.items()}, caption="Command-line parameters")
-    return rep.write(path)
-
-def _recon_report(res: dict, paths: dict, args) -> Path:
-    from cryonb.report import fsc_figure
-    fig = fsc_figure({"half-maps": (res["freqs"], res["fsc"])}, apix=res["apix"],
-                     title=f"Half-map FSC ({res['counts'][0]} + {res['counts'][1]} particles)")
-    vals = {"particles per half-set": f"{res['counts'][0]} + {res['counts'][1]} ({res['halfsets']})", "pixel size (Å)": res["apix"],
-            "resolution at FSC 0.5 (Å)": res["resolution_05_A"], "resolution at FSC 0.143 (Å)": res["resolution_A"],
-            "oversampling": res["oversampling"]}
-    out = Path(paths["map"]).parent / "report.html"
-    paths["report"] = write_cli_report(out, "cryonb reconstruction", vars(args), [(fig, "Half-map Fourier shell correlation.")],
-                                       vals, volume=res["map"], apix=res["apix"])
-    return paths["report"]
-
-def _report(res: dict, paths: dict) -> None:
-    print(f"particles per half-set: {res['counts']} ({res['halfsets']}), oversampling {res['oversampling']}")
-    print(f"half-map FSC resolution: {res['resolution_05_A']:.2f} Å at 0.5, {res['resolution_A']:.2f} Å at 0.143 "
-          f"(Nyquist {2 * res['apix']:.2f} Å)")
-    print("wrote " + ", ".join(str(p) for k, p in paths.items() if Path(p).exists()))
-
-def cli_backproject(argv: list[str]) -> int:
-    "`cryonb backproject`: cryoDRGN `backproject_voxel`-like reconstruction of a map, half-maps and their FSC."
-    from cryonb.data import ParticleDataset
-    ap = argparse.ArgumentParser(prog="cryonb backproject", description=cli_backproject.__doc__ + " The data are not "
-                                 "inverted (image ≈ CTF_RELION·PV; cryoDRGN's inversion and CTF sign cancel); use --invert "
-                                 "for dark particles without --ctf.")
-    ap.add_argument("particles", help="particle stack (.mrcs/.mrc), .star, .cs or .txt list")
-    ap.add_argument("--poses", required=True, help="cryoDRGN pose .pkl: rot (N,3,3) or (rot, trans)")
-    ap.add_argument("--ctf", help="cryoDRGN CTF .pkl (N,9); without it no CTF is applied")
-    ap.add_argument("--ind", help="indices .pkl of the particles to use")
-    ap.add_argument("--datadir", help="folder of the stacks a .star/.cs points at")
-    ap.add_argument("--apix", "--Apix", type=float, help="pixel size in Å (default: from the CTF/STAR/stack)")
-    ap.add_argument("-o", "--outdir", "--o", dest="out", required=True,
-                    help="output folder (cryoDRGN file names) or a map path ending in .mrc")
-    ap.add_argument("--invert", action="store_true", help="multiply the images by -1 (dark particles, no CTF)")
-    ap.add_argument("--first", type=int, help="use only the first N particles")
-    ap.add_argument("--halfsets", default="auto", choices=["auto", "data", "random", "alternate"])
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random half-set split")
-    ap.add_argument("--reg", type=_reg_arg, default="fsc", help="regularisation: fsc (default), none or a number")
-    ap.add_argument("--oversampling", type=_ov_arg, default="auto", help="Fourier padding 1, 2 or auto")
-    ap.add_argument("-b", "--batch-size", type=int, default=256)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--no-plot", action="store_true", help="skip the HTML/PNG FSC plot")
-    a = ap.parse_args(argv)
-    ds = ParticleDataset(a.particles, poses=a.poses, ctf=a.ctf, ind=a.ind, datadir=a.datadir, apix=a.apix)
-    if a.first: ds = ds.subset(np.arange(min(a.first, len(ds))))
-    res = reconstruct_dataset(ds, batch_size=a.batch_size, device=a.device, halfsets=a.halfsets, seed=a.seed,
-                              ctf=a.ctf is not None, oversampling=a.oversampling, regularization=a.reg, invert=a.invert)
-    paths = _out_paths(a.out)
-    _write_reconstruction(res, paths, plot=not a.no_plot)
-    _recon_report(res, paths, a)
-    _report(res, paths)
-    return 0
-
-def cli_reconstruct(argv: list[str]) -> int:
-    "`cryonb reconstruct`: relion_reconstruct-like reconstruction from a STAR file (poses, origins, CTF)."
-    from cryonb.data import ParticleDataset
-    ap = argparse.ArgumentParser(prog="cryonb reconstruct", description=cli_reconstruct.__doc__)
-    ap.add_argument("--i", required=True, dest="inp", help="particles .star (RELION 3.0-5) or .cs")
-    ap.add_argument("--o", "-o", required=True, dest="out", help="output map .mrc (half-maps written beside it)")
-    ap.add_argument("--angpix", type=float, help="pixel size in Å (default: from the STAR)")
-    ap.add_argument("--ctf", action="store_true", help="apply the CTF (Σ c·Y / Σ c²)")
-    ap.add_argument("--subset", type=int, choices=[1, 2], help="only particles with rlnRandomSubset == k")
-    ap.add_argument("--datadir", help="folder of the stacks the STAR points at")
-    ap.add_argument("--invert", action="store_true", help="multiply the images by -1")
-    ap.add_argument("--reg", type=_reg_arg, default="fsc", help="fsc (default, needs both half-sets), none or a number")
-    ap.add_argument("--oversampling", type=_ov_arg, default="auto")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("-b", "--batch-size", type=int, default=256)
-    ap.add_argument("--device", default=None)
-    a = ap.parse_args(argv)
-    ds = ParticleDataset(a.inp, datadir=a.datadir, apix=a.angpix)
-    halfsets = "auto"
-    if a.subset:
-        if getattr(ds, "halfset_source", None) != "file":
-            raise InputError(f"{a.inp}: --subset {a.subset} needs an rlnRandomSubset column")
-        keep = np.nonzero(ds.halfset.numpy() == a.subset - 1)[0]
-        if len(keep) < 2: raise InputError(f"{a.inp}: only {len(keep)} particles in subset {a.subset}")
-        ds = ds.subset(keep)
-        halfsets = "random"
-    res = reconstruct_dataset(ds, batch_size=a.batch_size, device=a.device, halfsets=halfsets, seed=a.seed,
-                              ctf=a.ctf, oversampling=a.oversampling, regularization=a.reg, invert=a.invert)
-    paths = _out_paths(a.out if a.out.lower().endswith(".mrc") else a.out + ".mrc")
-    _write_reconstruction(res, paths, plot=False)
-    _recon_report(res, paths, a)
-    _report(res, paths)
-    return 0
-
-def _read_checked_map(path, apix=None):
-    p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"map file {str(p)!r} does not exist")
-    v, a = read_map(p)
-    v = torch.as_tensor(np.asarray(v, dtype=np.float32))
-    if not torch.isfinite(v).all(): raise InputError(f"map {str(p)!r} contains NaN or Inf voxels")
-    return v, a
-
-def _pixel_size(paths, apixes, given):
-    if given: return float(given)
-    known = [a for a in apixes if a]
-    if not known: raise InputError(f"{paths[0]}: no pixel size in the map headers; pass --apix/--angpix")
-    if max(known) - min(known) > 1e-3 * max(known):
-        raise InputError(f"maps {', '.join(map(str, paths))} have different pixel sizes {known}; pass --apix to override")
-    return float(known[0])
-
-def cli_fsc(argv: list[str]) -> int:
-    "`cryonb fsc`: Fourier shell correlation between two maps (CryoBench shells), resolution at 0.5 / 0.143."
-    ap = argparse.ArgumentParser(prog="cryonb fsc", description=cli_fsc.__doc__)
-    ap.add_argument("map1"); ap.add_argument("map2")
-    ap.add_argument("--mask", help="soft mask .mrc; adds the masked and phase-randomisation-corrected curves")
-    ap.add_argument("--apix", type=float, help="pixel size in Å (default: the map headers)")
-    ap.add_argument("-o", "--output", help="FSC table (.txt)")
-    ap.add_argument("-p", "--plot", help="FSC plot (.html; .png too with kaleido)")
-    a = ap.parse_args(argv)
-    v1, a1 = _read_checked_map(a.map1); v2, a2 = _read_checked_map(a.map2)
-    if v1.shape != v2.shape: raise InputError(f"{a.map1} has box {tuple(v1.shape)} but {a.map2} has {tuple(v2.shape)}")
-    apix = _pixel_size([a.map1, a.map2], [a1, a2], a.apix)
-    if a.mask:
-        m = load_mask(a.mask, v1.shape[-1], apix)
-        r = masked_fsc(v1, v2, m)
-        freqs, curves = r["freqs"], {"corrected": r["corrected"], "unmasked": r["unmasked"], "masked": r["masked"],
-                                     "phase-randomised": r["randomized"]}
-        main = r["corrected"]
-    else:
-        freqs, main = F.fsc(v1, v2)
-        curves = {"fsc": main}
-    print(f"FSC resolution: {F.fsc_resolution(freqs, main, 0.5, apix):.3f} Å at 0.5, "
-          f"{F.fsc_resolution(freqs, main, 0.143, apix):.3f} Å at 0.143 (Nyquist {2 * apix:.3f} Å)")
-    if a.output: write_fsc_txt(a.output, freqs, curves, apix); print(f"wrote {a.output}")
-    if a.plot: print("wrote " + ", ".join(map(str, write_fsc_plot(a.plot, freqs, curves, apix))))
-    if not a.output:
-        for i, (f, c) in enumerate(zip(freqs.tolist(), main.tolist())): print(f"{i}\t{f / apix:.5f}\t{c:.4f}")
-    return 0
-
-def cli_postprocess(argv: list[str]) -> int:
-    "`cryonb postprocess`: relion_postprocess-like masked FSC, resolution and B-factor sharpening of two half-maps."
-    ap = argparse.ArgumentParser(prog="cryonb postprocess", description=cli_postprocess.__doc__)
-    ap.add_argument("--i", required=True, dest="half1", help="half-map 1 (.mrc)")
-    ap.add_argument("--i2", required=True, dest="half2", help="half-map 2 (.mrc)")
-    ap.add_argument("--mask", help="soft solvent mask (.mrc, values in [0,1])")
-    ap.add_argument("--auto_mask", action="store_true", help="make a mask from the half-maps (15 Å low-pass, Otsu)")
-    ap.add_argument("--angpix", type=float, help="pixel size in Å (default: the map headers)")
-    ap.add_argument("--auto_bfac", action="store_true", help="B-factor from the Guinier plot (default when no --adhoc_bfac)")
-    ap.add_argument("--adhoc_bfac", type=float, help="B-factor to apply (Å², negative sharpens)")
-    ap.add_argument("--autob_lowres", type=float, default=10.0, help="low-resolution limit of the Guinier fit (Å)")
-    ap.add_argument("--randomize_at_fsc", type=float, default=0.8)
-    ap.add_argument("--skip_fsc_weighting", action="store_true")
-    ap.add_argument("-o", "--o", dest="out", required=True, help="output folder")
-    a = ap.parse_args(argv)
-    h1, a1 = _read_checked_map(a.half1); h2, a2 = _read_checked_map(a.half2)
-    if h1.shape != h2.shape: raise InputError(f"{a.half1} has box {tuple(h1.shape)} but {a.half2} has {tuple(h2.shape)}")
-    apix = _pixel_size([a.half1, a.half2], [a1, a2], a.angpix)
-    mask = None
-    if a.mask: mask = load_mask(a.mask, h1.shape[-1], apix)
-    elif a.auto_mask: mask = mask_from_halfmaps(h1, h2, apix)
-    bf = a.adhoc_bfac if (a.adhoc_bfac is not None and not a.auto_bfac) else "auto"
-    res = postprocess(h1, h2, apix, mask=mask, bfactor=bf, fsc_weighting=not a.skip_fsc_weighting,
-                      randomize_at=a.randomize_at_fsc, autob_lowres_A=a.autob_lowres)
-    paths = write_postprocess(res, a.out)
-    if a.auto_mask: paths["mask"] = write_map(Path(a.out) / "postprocess_automask.mrc", mask, apix)
-    from cryonb.report import fsc_figure
-    curves = {k: (res["freqs"], res.get(f)) for k, f in (("corrected", "fsc_corrected"), ("unmasked", "fsc_unmasked"),
-              ("masked", "fsc_masked"), ("phase-randomised", "fsc_randomized")) if res.get(f) is not None}
-    paths["report"] = write_cli_report(Path(a.out) / "report.html", "cryonb postprocess", vars(a),
-                                       [(fsc_figure(curves, apix=apix), "FSC curves (RELION-style masked/corrected).")],
-                                       {"resolution at FSC 0.143 (Å)": float(res["resolution_A"]), "B-factor (Å²)": float(res["bfactor"]),
-                                        "mask": a.mask or ("automatic" if a.auto_mask else "none")}, volume=res["map"], apix=apix)
-    print(f"resolution: {res['resolution_A']:.3f} Å at FSC 0.143 ({'masked, corrected' if mask is not None else 'unmasked'}); "
-          f"B-factor applied: {res['bfactor']:.1f} Å² {res['bfactor_note']}")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -84,10 +84,13 @@ def test_fsc_and_postprocess(bp, tmp_path, capsys):
     assert np.loadtxt(tmp_path / "m.txt").shape == (15, 7)
     out = tmp_path / "pp"
     assert main(["postprocess", "--i", a, "--i2", b, "--mask", str(tmp_path / "mask.mrc"), "--angpix", "1.0",
-                 "--auto_bfac", "-o", str(out)]) == 0
-    for f in ("postprocess.mrc", "postprocess_masked.mrc", "postprocess_fsc.txt", "postprocess.json", "postprocess_fsc.html", "report.html"):
+                 "--auto_bfac", "-o", str(out) + "/"]) == 0      # a folder (trailing /): RELION's default rootname inside
+    for f in ("postprocess.mrc", "postprocess_masked.mrc", "postprocess_fsc.txt", "postprocess.json", "postprocess_fsc.html",
+              "postprocess.report.html"):
         assert (out / f).exists(), f
+    # RELION's rootname: --o DIR/b writes DIR/b.mrc, DIR/b_fsc.txt, ... next to the first run's files
     assert main(["postprocess", "--i", a, "--i2", b, "--angpix", "1.0", "--adhoc_bfac", "-50", "-o", str(out / "b")]) == 0
+    assert (out / "b.mrc").exists() and (out / "b.report.html").exists() and (out / "postprocess.report.html").exists()
 
 
 def _cli_error(argv, capsys) -> str:
