@@ -16,7 +16,7 @@ from .core import InputError
 # %% auto #0
 __all__ = ['as_latents', 'nearest_point', 'PCAResult', 'pca', 'umap_embedding', 'KMeansResult', 'kmeans', 'Traversal',
            'pc_traversal', 'kde_factor', 'kde_density', 'density_grid', 'LatentPath', 'density_path', 'linear_path',
-           'resample_path', 'farthest_pair', 'LatentAnalysis', 'analyze_latents', 'cli_analyze']
+           'resample_path', 'farthest_pair', 'LatentAnalysis', 'analyze_latents']
 
 # %% ../nbs/20_analysis.ipynb #b41121d9
 def as_latents(z, name: str = "z") -> np.ndarray:
@@ -423,71 +423,3 @@ def analyze_latents(z, k: int = 20, n_pcs: int = 2, traversal_points: int = 10, 
     km = kmeans(Z, min(k, len(Z)), seed=seed, n_init=n_init)
     trav = {i: pc_traversal(Z, i, traversal_points, pca_result=p) for i in range(min(n_pcs, len(p.components)))}
     return LatentAnalysis(Z, p, emb, km, trav)
-
-# %% ../nbs/20_analysis.ipynb #6f92370d
-def _load_values(path, n: int, what: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"{what}: file not found: {p}")
-    if p.suffix == ".npy": v = np.load(p, allow_pickle=False)
-    elif p.suffix == ".pkl":
-        from cryonb.io import read_pkl
-        v = read_pkl(p)
-    else: v = np.loadtxt(p)
-    v = np.asarray(v).ravel()
-    if len(v) != n: raise InputError(f"{p}: {what} has {len(v)} values, expected one per particle ({n})")
-    return v
-
-def cli_analyze(argv: list[str]) -> int:
-    """`cryonb analyze Z [-o DIR] [--ksample K] [--pc N] [--n-per-pc M] [--umap|--no-umap] [--color FILE]
-    [--path A B [--path-points P]] [--seed S]`: PCA, UMAP, k-means (on-data centres), PC traversals and an
-    optional density path on latents `Z` (.npy / z.pkl / .txt); writes cryoDRGN-style files and `DIR/report.html`."""
-    import argparse, sys, time
-    ap = argparse.ArgumentParser(prog="cryonb analyze", description="Analyse per-particle latents (any method's z.npy / z.pkl).")
-    ap.add_argument("z", help="latents (N, zdim): .npy, cryoDRGN z.pkl, or .txt")
-    ap.add_argument("-o", "--outdir", default=None, help="output folder (default: <z stem>_analysis beside Z)")
-    ap.add_argument("--ksample", type=int, default=20, help="number of k-means clusters (default 20, as cryoDRGN)")
-    ap.add_argument("--pc", type=int, default=2, help="number of principal components to traverse (default 2)")
-    ap.add_argument("--n-per-pc", type=int, default=10, help="points per PC traversal (default 10)")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--umap", dest="umap", action="store_true", default=None, help="compute UMAP (default when zdim > 2)")
-    g.add_argument("--no-umap", dest="umap", action="store_false", help="skip UMAP")
-    ap.add_argument("--color", default=None, help="per-particle values to colour the embedding (.npy/.pkl/.txt)")
-    ap.add_argument("--color-name", default="value")
-    ap.add_argument("--path", nargs=2, type=int, metavar=("A", "B"), default=None, help="density path between particles A and B")
-    ap.add_argument("--path-points", type=int, default=10, help="evenly spaced points along the path (default 10)")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    try:
-        t0 = time.time()
-        Z = as_latents(a.z)
-        out = Path(a.outdir) if a.outdir else Path(a.z).with_name(Path(a.z).stem + "_analysis")
-        color = None if a.color is None else _load_values(a.color, len(Z), "--color")
-        res = analyze_latents(Z, k=min(a.ksample, len(Z)), n_pcs=a.pc, traversal_points=a.n_per_pc, umap=a.umap, seed=a.seed)
-        res.save(out)
-        from cryonb.report import Report, latent_scatter
-        import pandas as pd
-        rep = Report(f"cryonb analyze: {Path(a.z).name}", f"{len(Z)} particles, zdim {Z.shape[1]}")
-        rep.add_params(dict(vars(a), n_particles=len(Z), zdim=Z.shape[1]))
-        res.add_to_report(rep, color=color, color_name=a.color_name)
-        sizes = np.bincount(res.kmeans.labels, minlength=len(res.kmeans.center_ind))
-        rep.add_table(pd.DataFrame({"cluster": np.arange(len(sizes)), "particles": sizes, "centre particle": res.kmeans.center_ind}),
-                      "k-means clusters: size and the particle at each on-data centre (kmeans*/centers_ind.txt).")
-        if a.path is not None:
-            pth = density_path(Z, a.path[0], a.path[1])
-            pts = resample_path(pth.points, a.path_points)
-            pdir = out / "path"; pdir.mkdir(exist_ok=True)
-            np.savetxt(pdir / "ind.txt", pth.ind, fmt="%d")
-            np.savetxt(pdir / "z_values.txt", pts)
-            emb, labels = res.embedding("pca")
-            f = latent_scatter(emb, None, labels=labels, title=f"density path {a.path[0]} → {a.path[1]}", marker_size=2)
-            f.data[0].marker.color = "lightgrey"
-            import plotly.graph_objects as go
-            q = emb[pth.ind]
-            f.add_trace(go.Scatter(x=q[:, 0], y=q[:, 1], mode="lines+markers", name="path"))
-            rep.add_figure(f, f"Minimal density-weighted path ({len(pth.ind)} particles, latent length {pth.length:.3g}, k = {pth.k}).")
-        rep.add_text(f"Finished in {time.time() - t0:.1f} s.")
-        path = rep.write(out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cryonb analyze: {e}", file=sys.stderr); return 1
-    print(f"wrote the analysis of {len(Z)} latents to {out} (report: {path})")
-    return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_cryobench.ipynb #9018a102
 from __future__ import annotations
-import argparse, glob, json, math, re, sys
+import glob, json, math, re, sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ __all__ = ['fsc_curve', 'fsc_auc_cryobench', 'fsc_resolution_px', 'fsc_metrics',
            'nearest_point', 'state_latents', 'per_conformation_fsc', 'strided_indices', 'per_image_fsc',
            'assign_volumes', 'volumes_fsc', 'neighborhood_similarity', 'information_imbalance', 'geodesic_deg',
            'fit_global_rotation', 'pose_error', 'embed_2d', 'latent_figure', 'reference_bounds', 'GTMaps', 'Benchmark',
-           'load_benchmark', 'benchmark_reconstructor', 'evaluate', 'write_results', 'find_volumes', 'cli_cryobench']
+           'load_benchmark', 'benchmark_reconstructor', 'evaluate', 'write_results', 'find_volumes']
 
 # %% ../nbs/21_cryobench.ipynb #636b275c
 def _np(x, dtype=None) -> np.ndarray:
@@ -759,48 +759,3 @@ def find_volumes(spec) -> list[Path]:
     if not files: raise FileNotFoundError(f"--volumes {spec}: no .mrc maps found")
     return files
 
-def cli_cryobench(argv: list[str] | None = None) -> int:
-    "`cryonb cryobench evaluate ...`: score a method's latents/maps on a benchmark folder (see `evaluate`)."
-    ap = argparse.ArgumentParser(prog="cryonb cryobench", description="CryoBench metrics")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("evaluate", help="score a method's output (z + maps) against a benchmark's ground truth")
-    e.add_argument("--dataset", required=True, help="benchmark folder (labels.npy, gt_maps/state_XXX.mrc, params.json, pose.pkl, ctf.pkl)")
-    e.add_argument("--z", help="per-image latents (.npy, .pkl, .txt), in particle order")
-    e.add_argument("--volumes", help="the method's maps: a folder of .mrc, a glob pattern, or one file")
-    e.add_argument("--volume-z", help="latent of each map (e.g. cryoDRGN centers.txt / z_values.txt): nearest-latent assignment")
-    e.add_argument("--volume-labels", help="per-image map/cluster index (e.g. cryoDRGN kmeans labels.pkl): majority assignment")
-    e.add_argument("--rule", default="auto", choices=["auto", "direct", "nearest", "majority"])
-    e.add_argument("--mask", help="real-space mask .mrc multiplied into both maps before the FFT")
-    e.add_argument("--poses", help="estimated poses (cryoDRGN pose.pkl) for the pose error")
-    e.add_argument("--gt-embedding", help="GT variable per image (.npy) for NS / information imbalance (default: GT labels)")
-    e.add_argument("--embedding", default="umap", choices=["umap", "pca", "none"], help="2-D embedding for the latent figure")
-    e.add_argument("--ns-subsets", type=int, default=5, help="interleaved subsamples for neighbourhood similarity (CryoBench: 5)")
-    e.add_argument("--ii-repeats", type=int, default=None, help="2000-point subsets for information imbalance (default N/2000, as CryoBench)")
-    e.add_argument("--bounds", action="store_true", help="also compute GT-label back-projection (upper) and consensus (lower) bounds")
-    e.add_argument("--method", default="method", help="name of the method in tables and report")
-    e.add_argument("--device", default=None)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("-o", "--outdir", required=True)
-    a = ap.parse_args(argv)
-    try:
-        z = None if a.z is None else _load_array(a.z, "--z latents")
-        vols = None if a.volumes is None else find_volumes(a.volumes)
-        vz = None if a.volume_z is None else _load_array(a.volume_z, "--volume-z")
-        vl = None if a.volume_labels is None else _load_array(a.volume_labels, "--volume-labels")
-        poses = None
-        if a.poses:
-            from cryonb.io import read_poses_pkl
-            poses = read_poses_pkl(a.poses)
-        gte = None if a.gt_embedding is None else _load_array(a.gt_embedding, "--gt-embedding")
-        if z is None and vols is None and poses is None:
-            raise InputError("cryobench evaluate: give at least one of --z, --volumes, --poses")
-        res = evaluate(a.dataset, z=z, volumes=vols, volume_z=vz, volume_labels=vl, rule=a.rule, mask=a.mask, poses=poses,
-                       gt_embedding=gte, embedding=None if a.embedding == "none" else a.embedding, bounds=a.bounds,
-                       ns_subsets=a.ns_subsets, ii_repeats=a.ii_repeats,
-                       method=a.method, device=a.device, seed=a.seed)
-        files = write_results(res, a.outdir)
-    except (ValueError, FileNotFoundError) as err:   # InputError and cryonb.io's CryoFormatError are ValueErrors
-        print(f"cryonb cryobench: error: {err}", file=sys.stderr); return 2
-    print(res["summary"].to_string(index=False))
-    print(f"wrote {', '.join(str(f) for f in files.values())}")
-    return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_datasets.ipynb #1664a30d
 from __future__ import annotations
-import argparse, importlib.resources, sys
+import importlib.resources, sys
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ from . import structure
 from .simulate import simulate_dataset, SimulatedDataset, JUNK_KINDS
 
 # %% auto #0
-__all__ = ['DATA_DIR', 'PRESETS', 'adk_files', 'load_adk_dims', 'adk_states', 'adk_dims_pdb', 'make_adk_dataset', 'cli_dataset']
+__all__ = ['DATA_DIR', 'PRESETS', 'adk_files', 'load_adk_dims', 'adk_states', 'adk_dims_pdb', 'make_adk_dataset']
 
 # %% ../nbs/09_datasets.ipynb #3990c9d6
 DATA_DIR = Path(str(importlib.resources.files("cryonb"))) / "data" / "adk"
@@ -119,41 +119,3 @@ def make_adk_dataset(out_dir, states: int = 10, images_per_state: int = 100, D: 
     cg = structure.coarse_grain(atoms)
     cg.to_pdb(Path(out_dir) / "gt_models.pdb")
     return ds
-
-# %% ../nbs/09_datasets.ipynb #13015e9f
-def cli_dataset(argv: list[str] | None = None) -> int:
-    "`cryonb dataset adk`: build an AdK benchmark dataset (see `make_adk_dataset`)."
-    p = argparse.ArgumentParser(prog="cryonb dataset", description="Build a benchmark dataset from the structures embedded in cryonb.")
-    p.add_argument("name", choices=["adk"], help="dataset (adk: adenylate kinase, DIMS closed→open path or closed/open mixture)")
-    p.add_argument("-o", "--outdir", required=True)
-    p.add_argument("--preset", choices=list(PRESETS), default="small", help="sizes (default small: 10 states × 100 images, 64 px, 1.5 Å)")
-    p.add_argument("--states", type=int, default=None, help="number of states along the DIMS path")
-    p.add_argument("--images-per-state", type=int, default=None)
-    p.add_argument("-D", type=int, default=None, help="box size (px)")
-    p.add_argument("--apix", type=float, default=None, help="pixel size (Å)")
-    p.add_argument("--snr", type=float, default=0.01)
-    p.add_argument("--no-noise", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--two-state", action="store_true", help="closed/open mixture instead of the DIMS path")
-    p.add_argument("--max-shift", type=float, default=2.0, help="max shift (px)")
-    p.add_argument("--bfactor", type=float, default=0.0, help="CTF B-factor envelope (Å²)")
-    p.add_argument("--model-to-map", choices=["potential", "gaussian"], default="potential")
-    p.add_argument("--ctf-pad", type=float, default=1.0, help="apply the CTF in a box this many times larger (default 1: in-box, as CryoBench)")
-    p.add_argument("--junk-fraction", type=float, default=0.0)
-    p.add_argument("--junk-kind", choices=[*JUNK_KINDS, "mixed"], default="noise")
-    p.add_argument("--images-per-file", type=int, default=50_000)
-    p.add_argument("--device", default=None)
-    a = p.parse_args(argv)
-    cfg = dict(PRESETS[a.preset])
-    for k, v in dict(states=a.states, images_per_state=a.images_per_state, D=a.D, apix=a.apix).items():
-        if v is not None: cfg[k] = v
-    try:
-        ds = make_adk_dataset(a.outdir, **cfg, snr=None if a.no_noise else a.snr, seed=a.seed,
-                              kind="two-state" if a.two_state else "dims", junk_fraction=a.junk_fraction,
-                              junk_kind=a.junk_kind, max_shift_px=a.max_shift, bfactor=a.bfactor,
-                              model_to_map=a.model_to_map, images_per_file=a.images_per_file, device=a.device,
-                              ctf_pad=a.ctf_pad)
-    except (InputError, FileNotFoundError) as e:
-        print(f"cryonb dataset: error: {e}", file=sys.stderr); return 2
-    print(f"wrote {ds.n_images} AdK images ({len(ds.gt_maps)} states, {ds.D} px, {ds.apix:g} Å/px) to {ds.out_dir}")
-    return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_simulate.ipynb #31c00d91
 from __future__ import annotations
-import argparse, json, math, os, pickle, sys, time, warnings
+import json, math, os, pickle, sys, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -21,7 +21,7 @@ from .projection import prepare_volume, project, render_gmm_3d
 
 # %% auto #0
 __all__ = ['JUNK_KINDS', 'sample_poses', 'load_ctf_table', 'sample_ctf', 'form_images', 'radial_power', 'signal_std', 'add_noise',
-           'resolve_states', 'SimulatedDataset', 'simulate_dataset', 'cli_simulate']
+           'resolve_states', 'SimulatedDataset', 'simulate_dataset']
 
 # %% ../nbs/08_simulate.ipynb #a2fcec00
 def _seed(seed: int, *stream: int) -> int:
@@ -463,47 +463,3 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
     (out / "params.json").write_text(json.dumps(params, indent=1, default=str))
     return SimulatedDataset(out, out / "particles.star", stacks, out / "pose.pkl", out / "ctf.pkl", out / "labels.npy",
                             out / "junk.npy", gt_paths, out / "params.json", N, D, apix_o, noise_std)
-
-# %% ../nbs/08_simulate.ipynb #260ec472
-def cli_simulate(argv: list[str] | None = None) -> int:
-    "`cryonb simulate`: simulate particles from maps or atomic models (see `simulate_dataset`)."
-    p = argparse.ArgumentParser(prog="cryonb simulate", description="Simulate cryo-EM particles from ground-truth maps "
-                                "(.mrc, one state each) or atomic models (.pdb/.cif, one state per model), CryoBench-style.")
-    p.add_argument("inputs", nargs="+", help=".mrc maps or .pdb/.cif atomic models")
-    p.add_argument("-o", "--outdir", required=True, help="output directory")
-    p.add_argument("-n", "--n-per-state", type=int, default=1000, help="images per state (default 1000)")
-    p.add_argument("-D", type=int, default=None, help="output box in pixels (default: map box; required for models)")
-    p.add_argument("--apix", type=float, default=None, help="output pixel size Å (default from the maps; required for models)")
-    p.add_argument("--snr", type=float, default=0.01, help="signal-to-noise ratio per state (default 0.01)")
-    p.add_argument("--no-noise", action="store_true", help="write noise-free images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-shift", type=float, default=0.0, help="max shift in output pixels (uniform ±t; default 0)")
-    p.add_argument("--ctf-table", default=None, help="draw CTFs without replacement from this ctf.pkl / .star / .cs")
-    p.add_argument("--defocus", type=float, nargs=2, default=(10000.0, 25000.0), metavar=("MIN", "MAX"), help="defocus range Å")
-    p.add_argument("--astigmatism", type=float, default=500.0, help="max |dfu-dfv| Å")
-    p.add_argument("--kv", type=float, default=300.0); p.add_argument("--cs", type=float, default=2.7)
-    p.add_argument("-w", "--amplitude-contrast", type=float, default=0.1)
-    p.add_argument("--bfactor", type=float, default=0.0, help="CTF B-factor envelope Å² (default 0)")
-    p.add_argument("--snr-mask-radius", type=float, default=None, help="measure the signal inside this radius (px)")
-    p.add_argument("--snr-box", choices=["output", "simulation"], default="output")
-    p.add_argument("--model-to-map", choices=["potential", "gaussian"], default="potential")
-    p.add_argument("--sigma", type=float, default=2.0, help="Gaussian width Å for --model-to-map gaussian")
-    p.add_argument("--map-bfactor", type=float, default=30.0, help="atomic B-factor Å² for --model-to-map potential")
-    p.add_argument("--sim-D", type=int, default=None, help="simulation box for models (images are cropped to -D)")
-    p.add_argument("--ctf-pad", type=float, default=1.0, help="apply the CTF in a box this many times larger (default 1: in-box)")
-    p.add_argument("--junk-fraction", type=float, default=0.0)
-    p.add_argument("--junk-kind", choices=[*JUNK_KINDS, "mixed"], default="noise")
-    p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--images-per-file", type=int, default=50_000)
-    p.add_argument("--device", default=None)
-    a = p.parse_args(argv)
-    try:
-        ds = simulate_dataset(a.inputs, a.outdir, a.n_per_state, a.D, a.apix, None if a.no_noise else a.snr, a.seed,
-                              a.max_shift, a.ctf_table, False, tuple(a.defocus), a.astigmatism, a.kv, a.cs,
-                              a.amplitude_contrast, a.bfactor, a.snr_mask_radius, a.snr_box, 1000, a.model_to_map,
-                              a.sigma, a.map_bfactor, a.sim_D, 2, a.ctf_pad, a.junk_fraction, a.junk_kind, None,
-                              a.chunk_size, a.images_per_file, a.device, progress=False)
-    except (InputError, FileNotFoundError) as e:
-        print(f"cryonb simulate: error: {e}", file=sys.stderr); return 2
-    print(f"wrote {ds.n_images} images ({ds.D} px, {ds.apix:.3f} Å/px) to {ds.out_dir}")
-    return 0

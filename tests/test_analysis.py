@@ -121,11 +121,11 @@ def test_analyze_save(tmp_path, zreal):
 
 
 def test_cli_analyze(tmp_path):
-    from cryonb.analysis import cli_analyze
+    from cryonb.cli import main
     z = np.random.default_rng(0).normal(size=(200, 3))
     np.save(tmp_path / "z.npy", z)
     np.savetxt(tmp_path / "lab.txt", np.arange(200) % 4)
-    rc = cli_analyze([str(tmp_path / "z.npy"), "-o", str(tmp_path / "out"), "--ksample", "4", "--no-umap",
+    rc = main(["analyze", str(tmp_path / "z.npy"), "-o", str(tmp_path / "out"), "--ksample", "4", "--no-umap",
                       "--color", str(tmp_path / "lab.txt"), "--path", "3", "150"])
     assert rc == 0
     out = tmp_path / "out"
@@ -133,4 +133,4 @@ def test_cli_analyze(tmp_path):
     ind = np.loadtxt(out / "path" / "ind.txt", dtype=int)
     assert ind[0] == 3 and ind[-1] == 150
     assert np.loadtxt(out / "kmeans4" / "centers.txt").shape == (4, 3)
-    assert cli_analyze([str(tmp_path / "missing.npy")]) == 1
+    assert main(["analyze", str(tmp_path / "missing.npy")]) == 2

@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 from cryonb import io as cio
-from cryonb.datasets import adk_files, adk_states, make_adk_dataset, cli_dataset, PRESETS
+from cryonb.datasets import adk_files, adk_states, make_adk_dataset, PRESETS
 from cryonb.fourier import fsc, fsc_auc
 
 
@@ -79,11 +79,11 @@ def test_two_state_and_junk(tmp_path):
 
 
 def test_cli(tmp_path):
-    assert cli_dataset(["adk", "-o", str(tmp_path / "a"), "--states", "2", "--images-per-state", "3", "-D", "48",
+    from cryonb.cli import main
+    assert main(["dataset", "adk", "-o", str(tmp_path / "a"), "--states", "2", "--images-per-state", "3", "-D", "48",
                         "--apix", "2", "--snr", "0.01", "--seed", "5", "--junk-fraction", "0.5"]) == 0
     assert np.load(tmp_path / "a" / "labels.npy").tolist() == [0, 0, 0, 1, 1, 1]
     assert np.load(tmp_path / "a" / "junk.npy").sum() == 3
-    from cryonb.cli import main
     assert main(["dataset", "adk", "-o", str(tmp_path / "b"), "--two-state", "--images-per-state", "2", "-D", "48",
                  "--apix", "2"]) == 0
     assert main(["dataset", "adk", "-o", str(tmp_path / "c"), "-D", "40", "--apix", "1"]) == 2   # box too small

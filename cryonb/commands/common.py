@@ -19,7 +19,7 @@ def add_subcommands(parser: argparse.ArgumentParser, commands: dict, dest: str =
     `(Command, one-line help)`). `-h` lists them; `main(args)` of the parent runs `run_subcommand(args)`."""
     sub = parser.add_subparsers(dest=dest, metavar="{" + ",".join(commands) + "}", required=True)
     for name, c in commands.items():
-        cmd, hlp = c if isinstance(c, tuple) else (c, c.description.split(". ")[0] if c.description else None)
+        cmd, hlp = (c, c.description.split(". ")[0] if c.description else None) if isinstance(c, Command) else c
         p = sub.add_parser(name, help=hlp, description=cmd.description or hlp)
         cmd.add_args(p)
         p.set_defaults(_command=cmd)
