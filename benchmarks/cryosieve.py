@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from cryonb.methods import cryosieve as cs
+from cryonb import synthetic
 
 
 def bench(D, n, device, precision, batch_size, workdir):
     d = workdir / f"D{D}"
     if not (d / "particles.star").exists():
-        cs.blob_dataset(d, n=n, D=D, apix=1.32, junk_fraction=0.2, noise_sigma=3.0, seed=0, n_blobs=60)
+        synthetic.blob_dataset(d, n=n, D=D, apix=1.32, junk_fraction=0.2, noise_sigma=3.0, seed=0, n_blobs=60)
     maps = [str(d / "map.mrc")] * 2
     parts = cs.SieveParticles(d / "particles.star")
-    vol = cs._read_map(d / "map.mrc"); mask = cs._read_map(d / "mask.mrc")
+    vol = cs.load_map(d / "map.mrc")[0]; mask = cs.load_map(d / "mask.mrc")[0]
     kw = dict(device=device, precision=precision, batch_size=batch_size)
     cs.score_particles(parts, [vol, vol], 40.0, mask=mask, rows=np.arange(min(n, 2 * batch_size)), **kw)   # warm-up
     sync = (lambda: torch.cuda.synchronize()) if str(device).startswith("cuda") else (lambda: None)

@@ -9,6 +9,7 @@ import starfile
 import torch
 
 from cryonb.methods import cryosieve as cs
+from cryonb import synthetic
 
 
 # ---- the reference algorithm, written independently from its description (numpy, float64) -------------
@@ -70,14 +71,14 @@ def _reference_score(img, vol, A, apix_ctf, apix_hp, freq, du, dv, dang, volt, c
 
 @pytest.fixture(scope="module")
 def blob(tmp_path_factory):
-    d = cs.blob_dataset(tmp_path_factory.mktemp("blob"), n=120, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=11)
+    d = synthetic.blob_dataset(tmp_path_factory.mktemp("blob"), n=120, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=11)
     return d
 
 
 def test_matches_reference_algorithm(blob):
     "Scores vs the reference's splatting algorithm: same ranking (Spearman > 0.98), ≥ 90 % of the same kept set."
     parts = cs.SieveParticles(blob["star"])
-    mask = cs._read_map(blob["mask"])
+    mask = cs.load_map(blob["mask"])[0]
     vol = blob["volume"] * mask
     ours = cs.score_particles(parts, [blob["volume"]] * 2, 20.0, mask=mask, device="cpu")
     df = starfile.read(blob["star"])["particles"]
@@ -163,7 +164,7 @@ def test_single_precision_same_selection(blob):
 
 
 def test_balance_core_and_driver(tmp_path):
-    d = cs.blob_dataset(tmp_path / "unbal", n=90, D=32, apix=2.0, junk_fraction=0.0, noise_sigma=3.0, seed=4)
+    d = synthetic.blob_dataset(tmp_path / "unbal", n=90, D=32, apix=2.0, junk_fraction=0.0, noise_sigma=3.0, seed=4)
     b = starfile.read(d["star"], always_dict=True)
     b["particles"]["rlnRandomSubset"] = np.where(np.arange(90) < 60, 1, 2)        # 60 / 30
     starfile.write(b, d["star"], overwrite=True)
@@ -181,7 +182,7 @@ def test_errors(blob, tmp_path):
         cs.score_particles(parts, [blob["volume"][:16, :16, :16]] * 2, 20.0, device="cpu")
     with pytest.raises(FileNotFoundError):
         cs.SieveParticles(tmp_path / "nope.star")
-    with pytest.raises(FileNotFoundError, match="map not found"):
+    with pytest.raises(FileNotFoundError, match="no such MRC file"):
         cs.sieve_core(blob["star"], tmp_path / "o.star", [tmp_path / "x.mrc"] * 2, 20.0, device="cpu")
     b = starfile.read(blob["star"], always_dict=True)
     b["particles"] = b["particles"].drop(columns=["rlnAngleTilt"])
@@ -195,7 +196,7 @@ def test_interleaved_optics_groups_keep_their_rows(tmp_path):
     Synthetic images made from each row's own parameters: the junk is found, and reordering the rows (what the
     reference's merge does) moves each score with its row."""
     from cryonb.io import test_data_path
-    d = cs.blob_dataset(tmp_path, n=139, D=32, apix=1.25, junk_fraction=0.2, noise_sigma=2.0, seed=13,
+    d = synthetic.blob_dataset(tmp_path, n=139, D=32, apix=1.25, junk_fraction=0.2, noise_sigma=2.0, seed=13,
                         template_star=test_data_path("relion31.6opticsgroups.star"))
     parts = cs.SieveParticles(d["star"])
     grp = starfile.read(d["star"])["particles"]["rlnOpticsGroup"].to_numpy()
@@ -208,7 +209,7 @@ def test_interleaved_optics_groups_keep_their_rows(tmp_path):
     b["particles"] = b["particles"].iloc[perm].reset_index(drop=True)
     starfile.write(b, tmp_path / "sorted.star", overwrite=True)
     s = cs.score_particles(cs.SieveParticles(tmp_path / "sorted.star"), [d["volume"]] * 2, 10.0,
-                           mask=cs._read_map(d["mask"]), device="cpu")
+                           mask=cs.load_map(d["mask"])[0], device="cpu")
     np.testing.assert_allclose(s, r["scores"][perm], rtol=1e-6)
 
 
@@ -224,9 +225,23 @@ def test_many_stacks_lru(blob, tmp_path):
         names += [f"{i + 1:06d}@mic{f:03d}.mrcs" for i in range(3)]
     b = starfile.read(blob["star"], always_dict=True)
     b["particles"]["rlnImageName"] = names
-    starfile.write(b, tmp_path / "multi.star", overwrite=True)
+    from cryonb.io import write_star                     # full precision, as the blob star itself was written
+    write_star(tmp_path / "multi.star", b["particles"], b["optics"])
     multi = cs.SieveParticles(tmp_path / "multi.star")
     assert len(multi.meta.image_files) == 40
     s1 = cs.score_particles(multi, [blob["volume"]] * 2, 20.0, batch_size=10, device="cpu")
     s0 = cs.score_particles(parts, [blob["volume"]] * 2, 20.0, device="cpu")
     np.testing.assert_allclose(s1, s0, rtol=1e-12, atol=1e-9)
+
+
+def test_maps_honour_the_mrc_axis_order(tmp_path):
+    "A map stored with columns along z (mapc=3, mapr=2, maps=1) reads back as [z,y,x] (the old private reader ignored it)."
+    import mrcfile
+    v = np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32)      # [z, y, x]
+    with mrcfile.new(tmp_path / "zyx.mrc") as m:
+        m.set_data(np.ascontiguousarray(v.transpose(2, 1, 0)))                  # file sections along x, columns along z
+        m.header.mapc, m.header.mapr, m.header.maps = 3, 2, 1
+        m.voxel_size = 2.0
+    got, apix = cs.load_map(tmp_path / "zyx.mrc")
+    np.testing.assert_array_equal(got, v)
+    assert apix == 2.0

@@ -10,11 +10,12 @@ import starfile
 
 from cryonb.cli import main
 from cryonb.methods import cryosieve as cs
+from cryonb import synthetic
 
 
 @pytest.fixture(scope="module")
 def blob(tmp_path_factory):
-    return cs.blob_dataset(tmp_path_factory.mktemp("cli"), n=120, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=21)
+    return synthetic.blob_dataset(tmp_path_factory.mktemp("cli"), n=120, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=21)
 
 
 def test_sieve_core_cli_matches_function(blob, tmp_path, capsys):
@@ -39,8 +40,16 @@ def test_sieve_core_cli_errors(blob, tmp_path, capsys):
     assert main(["sieve-core", "--i", str(blob["star"]), "--o", str(tmp_path / "o.star"), "--volume", str(blob["map"]),
                  "--frequency", "20", "--device", "cpu"]) == 2
     assert "one --volume per half-set" in capsys.readouterr().err
-    with pytest.raises(SystemExit):          # argparse: --frequency is required, as in the reference
-        main(["sieve-core", "--i", str(blob["star"]), "--o", "x.star", "--volume", str(blob["map"])])
+    # argparse: --frequency is required, as in the reference; exit 2 in the one message format
+    assert main(["sieve-core", "--i", str(blob["star"]), "--o", "x.star", "--volume", str(blob["map"])]) == 2
+    assert "cryonb sieve-core: error:" in capsys.readouterr().err
+    # a half-map at another pixel size than the particles is refused, naming both
+    from cryonb.io import read_map, write_map
+    write_map(tmp_path / "1A.mrc", read_map(blob["map"])[0], 1.0)
+    assert main(["sieve-core", "--i", str(blob["star"]), "--o", str(tmp_path / "o.star"), "--volume", str(tmp_path / "1A.mrc"),
+                 "--volume", str(tmp_path / "1A.mrc"), "--frequency", "20", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "1A.mrc" in err and "pixel size 1 Å" in err and "2 Å" in err and not (tmp_path / "o.star").exists()
 
 
 def test_console_script_help():

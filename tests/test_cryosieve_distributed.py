@@ -7,10 +7,11 @@ import sys
 import starfile
 
 from cryonb.methods import cryosieve as cs
+from cryonb import synthetic
 
 
 def test_two_processes_same_kept_set(tmp_path):
-    d = cs.blob_dataset(tmp_path, n=150, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=31)
+    d = synthetic.blob_dataset(tmp_path, n=150, D=32, apix=2.0, junk_fraction=0.2, noise_sigma=3.0, seed=31)
     one = cs.sieve_core(d["star"], tmp_path / "one.star", [d["map"]] * 2, 20.0, mask=d["mask"], device="cpu", verbose=False)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)

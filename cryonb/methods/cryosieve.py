@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from ..core import get_device, InputError
+from ..core import get_device, InputError, atomic_write
 from ..fourier import fft2c, ifft2c, highpass_mask, phase_shift
+from .. import distributed
+from ..io import read_map, write_map
 
 # %% auto #0
 __all__ = ['sieve_frequencies', 'hermitian_part', 'sieve_score_ft', 'select_per_halfset', 'write_star_subset', 'SieveParticles',
-           'score_particles', 'sieved_path', 'sieve_core', 'cli_sieve_core', 'reconstruct_halfmaps', 'sieve_report',
-           'sieve', 'cli_sieve', 'blob_volume', 'blob_projections', 'blob_dataset']
+           'score_particles', 'load_map', 'sieved_path', 'sieve_core', 'reconstruct_halfmaps', 'sieve_report', 'sieve']
 
 # %% ../../nbs/10_cryosieve.ipynb #6fd5cf9e
 def sieve_frequencies(frequency_start: float = 50.0, frequency_end: float = 3.0, num_iters: int = 10) -> list[float]:
@@ -93,16 +94,6 @@ def _particle_block(blocks: dict, path) -> str:
         if "rlnImageName" in v.columns: return k
     raise InputError(f"{path}: no particle table (a loop with rlnImageName) found; blocks: {list(blocks)}")
 
-def _atomic_write(path, write_fn):
-    "Write `path` through a temporary file in the same folder and `os.replace` it into place."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write_fn(tmp); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def write_star_subset(path, blocks: dict, particle_block: str, rows) -> Path:
     """Write the STAR file `blocks` keeping only the particle rows `rows` (bool mask or index array,
     in input order), every column and every other block (optics) unchanged. Atomic."""
@@ -111,7 +102,9 @@ def write_star_subset(path, blocks: dict, particle_block: str, rows) -> Path:
     df = blocks[particle_block]
     rows = np.asarray(rows)
     out[particle_block] = (df.loc[rows] if rows.dtype == bool else df.iloc[np.sort(rows)]).reset_index(drop=True)
-    return _atomic_write(path, lambda p: starfile.write(out, p, overwrite=True))
+    with atomic_write(path) as tmp:
+        starfile.write(out, tmp, overwrite=True)
+    return Path(path)
 
 # %% ../../nbs/10_cryosieve.ipynb #b64f55d1
 _REQUIRED = {"rlnImageName": "image location `index@stack`", "rlnAngleRot": "Euler angle (deg)", "rlnAngleTilt": "Euler angle (deg)",
@@ -160,9 +153,6 @@ class SieveParticles:
                     ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift")}
         self.halfset = m.table["rlnRandomSubset"].to_numpy().astype(np.int64)
         self.D = int(m.D)
-
-    def close(self):
-        "Nothing to close: `cryonb.io` manages the memory-mapped stacks (kept for API compatibility)."
 
     def __len__(self): return self.N
 
@@ -271,19 +261,21 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
     return scores
 
 # %% ../../nbs/10_cryosieve.ipynb #0b130cb7
-def _read_map(path) -> np.ndarray:
-    "A map `(D,D,D)` float64 from an MRC file (mrcfile order `[z,y,x]`). Raises FileNotFoundError / InputError."
-    import mrcfile
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"map not found: {path}")
-    with mrcfile.open(path, permissive=True) as m:
-        if m.data is None or m.data.ndim != 3: raise InputError(f"{path}: expected a 3-D map, got data of shape {None if m.data is None else m.data.shape}")
-        return np.asarray(m.data, dtype=np.float64)
+def load_map(path) -> tuple[np.ndarray, float | None]:
+    """A map `(D,D,D)` `[z,y,x]` as float64 and its voxel size in Å (None when the header has none), read
+    through `cryonb.io.read_map` (so the header's axis order is honoured). Raises `FileNotFoundError`,
+    `InputError` (not a map, truncated, NaN/Inf voxels) naming the file."""
+    vol, apix = read_map(path)
+    vol = np.asarray(vol, dtype=np.float64)
+    if not np.isfinite(vol).all(): raise InputError(f"{path}: the map contains NaN or Inf voxels")
+    return vol, apix
 
-def _dist_rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _check_map_apix(star, parts_apix: float, maps: dict):
+    "Refuse maps whose header pixel size differs from the particles' (a 1 Å/px half-map for 2 Å/px particles)."
+    for path, apix in maps.items():
+        if apix is not None and abs(apix - parts_apix) > 1e-3 * parts_apix:
+            raise InputError(f"{path}: pixel size {apix:.4g} Å in the map header, but the particles of {star} have "
+                             f"{parts_apix:.4g} Å; resample the map (cryonb downsample) or check --angpix")
 
 def sieved_path(output) -> Path:
     "`<stem>_sieved.star` next to `output` (`out.star` → `out_sieved.star`)."
@@ -306,26 +298,23 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
     Source: Zhu et al. 2023, `cryosieve-core` 1.3.3."""
     if not 0.0 <= retention_ratio <= 1.0: raise InputError(f"retention_ratio must be in [0, 1], got {retention_ratio}")
     if not frequency > 0: raise InputError(f"frequency must be > 0 Å, got {frequency}")
-    rank, world = _dist_rank_world()
+    rank, world = distributed.rank(), distributed.world_size()
     parts = SieveParticles(star, angpix=angpix, directory=directory)
-    cache = {}
-    def _get(v):
-        key = str(Path(v).resolve())
-        if key not in cache: cache[key] = _read_map(v)
-        return cache[key]
-    vols = [_get(v) if isinstance(v, (str, os.PathLike)) else v for v in volumes]
-    m = _read_map(mask) if isinstance(mask, (str, os.PathLike)) else mask
-    shard = np.array_split(np.arange(len(parts)), world)[rank]
+    paths = dict.fromkeys(str(v) for v in [*volumes, mask] if isinstance(v, (str, os.PathLike)))
+    loaded = {p: load_map(p) for p in paths}
+    _check_map_apix(star, float(np.median(parts.apix)), {p: a for p, (_, a) in loaded.items()})
+    vols = [loaded[str(v)][0] if isinstance(v, (str, os.PathLike)) else v for v in volumes]
+    m = loaded[str(mask)][0] if isinstance(mask, (str, os.PathLike)) else mask
+    shard = distributed.shard_indices(len(parts))
     t0 = time.time()
     local = score_particles(parts, vols, frequency, angpix=angpix, mask=m, rows=shard, batch_size=batch_size,
                             device=device, precision=precision, progress=progress and rank == 0)
-    if world > 1:
-        import torch.distributed as dist
-        gathered = [None] * world
-        dist.all_gather_object(gathered, local)
-        scores = np.concatenate(gathered)
-    else:
-        scores = local
+    scores = np.concatenate(distributed.all_gather_object(local))
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        names = parts.blocks[parts.particle_block]["rlnImageName"].iloc[bad[:5]].tolist()
+        raise InputError(f"{star}: {len(bad)} particle(s) score NaN/Inf (rows {bad[:5].tolist()}, rlnImageName {names}); "
+                         "check those images and their CTF/pose fields")
     keep = select_per_halfset(scores, parts.halfset, retention_ratio, balance)
     per = {int(k): (int((parts.halfset == k).sum()), int(keep[parts.halfset == k].sum())) for k in np.unique(parts.halfset)}
     if rank == 0:
@@ -335,95 +324,13 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
             for k, (n, kk) in per.items(): print(f"half-set {k}: {n} particles, {kk} kept")
             print(f"cryonb sieve-core: {int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
                   f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}")
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+    distributed.barrier()
     return dict(scores=scores, keep=keep, n_in=len(keep), n_kept=int(keep.sum()), per_halfset=per)
-
-# %% ../../nbs/10_cryosieve.ipynb #cf66a8ab
-def _launch_distributed(verb: str, argv: list[str], nproc: int) -> int:
-    "Re-run `cryonb <verb> argv` under `torch.distributed.run` with `nproc` local processes; its exit code."
-    code = "import sys; from cryonb.cli import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "--no-python", sys.executable, "-c", code, verb, *argv]
-    return subprocess.call(cmd)
-
-def _strip_flag(argv: list[str], flag: str) -> list[str]:
-    "argv without `flag VALUE` / `flag=VALUE`."
-    out, skip = [], False
-    for a in argv:
-        if skip: skip = False; continue
-        if a == flag: skip = True; continue
-        if a.startswith(flag + "="): continue
-        out.append(a)
-    return out
-
-def _init_distributed(device: str | None) -> tuple[str | None, bool]:
-    """Join the process group when launched by torchrun (`WORLD_SIZE` > 1); returns (device, created).
-    CUDA → NCCL with `cuda:LOCAL_RANK`, otherwise gloo."""
-    import torch.distributed as dist
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized(): return device, False
-    use_cuda = (device is None and torch.cuda.is_available()) or (device is not None and str(device).startswith("cuda"))
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}"; torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return (device if use_cuda else (device or "cpu")), True
-
-def _core_parser() -> "argparse.ArgumentParser":
-    import argparse
-    p = argparse.ArgumentParser(prog="cryonb sieve-core", description="CryoSieve core: score particles against the half-map of "
-                                "their own half-set and keep the best (Zhu et al. 2023).")
-    p.add_argument("--i", required=True, help="input star file path")
-    p.add_argument("--o", required=True, help="output star file path (the rest goes to <stem>_sieved.star)")
-    p.add_argument("--directory", default=None, help="directory of particles (image paths are relative to it); default: current directory, then the star's folder")
-    p.add_argument("--angpix", type=float, default=None, help="pixel size in Å for the high-pass (required for RELION 3.0 stars); default: the star's pixel size")
-    p.add_argument("--volume", action="append", required=True, help="half-map path, once per rlnRandomSubset value in ascending order")
-    p.add_argument("--mask", default=None, help="mask file path (multiplies the maps, not the images)")
-    p.add_argument("--retention_ratio", type=float, default=0.8, help="fraction of particles retained per half-set, 0.8 by default")
-    p.add_argument("--frequency", type=float, required=True, help="high-pass cut-off in Å: frequencies below 1/frequency Å⁻¹ are ignored")
-    p.add_argument("--balance", action="store_true", help="retain the same number of particles in every half-set")
-    p.add_argument("--num_gpus", type=int, default=1, help="number of processes (GPUs) to use, 1 by default")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: CUDA if available")
-    p.add_argument("--batch_size", type=int, default=128, help="particles per batch (memory is flat in N)")
-    p.add_argument("--precision", choices=["double", "single"], default="double", help="arithmetic precision, double like the reference")
-    return p
-
-def cli_sieve_core(argv: list[str]) -> int:
-    "`cryonb sieve-core`: one CryoSieve round (flags of `cryosieve-core`). Returns the exit code."
-    args = _core_parser().parse_args(argv)
-    if args.num_gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _launch_distributed("sieve-core", _strip_flag(argv, "--num_gpus"), args.num_gpus)
-    device, created = _init_distributed(args.device)
-    try:
-        sieve_core(args.i, args.o, args.volume, args.frequency, angpix=args.angpix, mask=args.mask,
-                   retention_ratio=args.retention_ratio, balance=args.balance, directory=args.directory,
-                   device=device, batch_size=args.batch_size, precision=args.precision)
-    except (InputError, FileNotFoundError) as e:
-        print(f"cryonb sieve-core: error: {e}", file=sys.stderr); return 2
-    finally:
-        if created:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-    return 0
 
 # %% ../../nbs/10_cryosieve.ipynb #28fb9f1a
 def _prefixed(prefix: str, suffix: str) -> Path:
     "Reference naming: `prefix + suffix` (`out/` + `_iter1.star` → `out/_iter1.star`)."
     return Path(str(prefix) + suffix)
-
-def _write_map(path, vol, apix: float) -> Path:
-    "Write a map `(D,D,D)` atomically with its voxel size (cryonb.io.write_map when available)."
-    arr = np.ascontiguousarray(np.asarray(vol.detach().cpu() if isinstance(vol, torch.Tensor) else vol, dtype=np.float32))
-    def w(p):
-        try:
-            from cryonb.io import write_map
-            write_map(p, arr, apix)
-        except ImportError:
-            import mrcfile
-            with mrcfile.new(p, overwrite=True) as m:
-                m.set_data(arr); m.voxel_size = apix
-    return _atomic_write(Path(path), w)
 
 def _base_directory(parts: SieveParticles, directory) -> Path:
     "The folder the star's image paths are relative to (absolute)."
@@ -458,7 +365,9 @@ def _run(cmd: list[str], cwd, log) -> subprocess.Popen:
 
 # %% ../../nbs/10_cryosieve.ipynb #567efe7b
 def _write_json(path, obj) -> Path:
-    return _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1)))
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+    return Path(path)
 
 def sieve_report(state: dict, path) -> Path:
     """Write the driver's HTML report: retained particles and half-map FSC resolution per iteration,
@@ -479,13 +388,15 @@ def sieve_report(state: dict, path) -> Path:
         if curves: rep.add_figure(fsc_figure(curves, apix=state["apix"]), "Half-map FSC per iteration.")
         rep.add_table(df, "Per iteration: particles reconstructed, resolution, high-pass threshold used for sieving, particles kept.")
     rep.add_params(state["params"])
-    return _atomic_write(Path(path), lambda p: Path(p).write_text(rep.to_html(), encoding="utf-8"))
+    with atomic_write(path) as tmp:
+        tmp.write_text(rep.to_html(), encoding="utf-8")
+    return Path(path)
 
 def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
           frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
           seed: int = 0, reconstruct_software: str | None = None, postprocess_software: str | None = None,
           postprocess: bool = False, directory=None, device=None, batch_size: int = 128, precision: str = "double",
-          num_gpus: int = 1, verbose: bool = True) -> dict:
+          num_gpus: int = 1, verbose: bool = True, core_runner=None) -> dict:
     """The iterative CryoSieve driver (reference `cryosieve`): `num_iters` rounds of reconstruct half-maps →
     FSC / post-process → sieve at `f_i` (`sieve_frequencies`). `output` is a path prefix (`out/` or
     `out/run`). Writes `<o>_iter{i}.star` (i = 0..n; 0 is the input, balanced if asked), `<o>_iter{i}_sieved.star`,
@@ -495,7 +406,9 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     run with the reference's flags in the particle directory; None: cryonb's own. `postprocess=True` (without
     `postprocess_software`): cryonb's `postprocess` (mask, phase-randomised FSC, B-factor) into
     `<o>_postprocess_iter{i}/`; its corrected FSC gives the reported resolution (else the masked half-map FSC). `balance`: subsample the half-sets to the smallest
-    one before iteration 0 (numpy `default_rng(seed)`). Returns the state dict."""
+    one before iteration 0 (numpy `default_rng(seed)`). `num_gpus > 1`: each sieving round runs in
+    `num_gpus` processes through `core_runner(kwargs, num_gpus)` (the command layer passes one that starts
+    `torchrun`; the library itself never launches processes). Returns the state dict."""
     from cryonb.fourier import fsc
     from cryonb.report import fsc_crossing
     out = str(output)
@@ -531,7 +444,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
         write_star_subset(it0, parts0.blocks, parts0.particle_block, keep)
         write_star_subset(_prefixed(out, "_iter0_sieved.star"), parts0.blocks, parts0.particle_block, ~keep)
         _write_json(state_path, state)
-    m = _read_map(mask) if mask is not None else None
+    m = load_map(mask)[0] if mask is not None else None
     for i in range(len(state["iterations"]), num_iters):
         t0 = time.time()
         cur = _prefixed(out, f"_iter{i}.star")
@@ -544,11 +457,11 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
                          for k, h in zip((1, 2), halves)]
                 codes = [p.wait() for p in procs]
             if any(codes): raise RuntimeError(f"{reconstruct_software} failed (exit codes {codes}); see {log.name}")
-            maps = [_read_map(h) for h in halves]
+            maps = [load_map(h)[0] for h in halves]
         else:
             rec = reconstruct_halfmaps(parts, device=device, batch_size=batch_size)
             maps = [rec["half1"], rec["half2"]]
-            for h, v in zip(halves, maps): _write_map(h, v, apix)
+            for h, v in zip(halves, maps): write_map(h, v, apix)
             maps = [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in maps]
         pp = _prefixed(out, f"_postprocess_iter{i}")
         if postprocess_software:
@@ -569,11 +482,11 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
             res, _ = fsc_crossing(f_, c_, 0.143, apix)
         nxt = _prefixed(out, f"_iter{i + 1}.star")
         if num_gpus > 1:
-            argv = ["--i", str(cur), "--o", str(nxt), "--directory", str(base), "--frequency", str(freqs[i]),
-                    "--retention_ratio", str(retention_ratio), "--precision", precision, "--batch_size", str(batch_size)]
-            argv += sum([["--volume", str(h)] for h in halves], []) + (["--mask", str(mask)] if mask is not None else [])
-            argv += (["--angpix", str(angpix)] if angpix is not None else []) + (["--device", str(device)] if device is not None else [])
-            if _launch_distributed("sieve-core", argv, num_gpus): raise RuntimeError("distributed sieve-core failed")
+            if core_runner is None: raise InputError("num_gpus > 1 needs a core_runner (the `cryonb sieve` command provides one)")
+            kw = dict(star=str(cur), output=str(nxt), volumes=[str(h) for h in halves], frequency=freqs[i], angpix=angpix,
+                      mask=None if mask is None else str(mask), retention_ratio=retention_ratio, directory=str(base),
+                      device=None if device is None else str(device), batch_size=batch_size, precision=precision)
+            core_runner(kw, num_gpus)
             n_kept = len(SieveParticles(nxt, angpix=angpix, directory=base))
         else:
             r = sieve_core(cur, nxt, maps, freqs[i], angpix=angpix, mask=m, retention_ratio=retention_ratio,
@@ -589,139 +502,3 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     if not state["iterations"] or not report_path.is_file(): sieve_report(state, report_path)
     state["report"] = str(report_path)
     return state
-
-# %% ../../nbs/10_cryosieve.ipynb #bb414fcc
-def cli_sieve(argv: list[str]) -> int:
-    "`cryonb sieve`: the iterative reconstruct → sieve driver (flags of the reference `cryosieve`). Returns the exit code."
-    import argparse
-    p = argparse.ArgumentParser(prog="cryonb sieve", description="CryoSieve: iterative reconstruction and particle sieving (Zhu et al. 2023).")
-    p.add_argument("--reconstruct_software", default=None, help="RELION reconstruction command (e.g. relion_reconstruct, or \"mpirun -n 5 relion_reconstruct_mpi\"); default: cryonb's reconstruction")
-    p.add_argument("--postprocess_software", default=None, help="RELION post-processing command (e.g. relion_postprocess); default: cryonb's masked FSC")
-    p.add_argument("--postprocess", action="store_true", help="run cryonb's post-processing each iteration (when no --postprocess_software)")
-    p.add_argument("--i", required=True, help="input star file path")
-    p.add_argument("--o", required=True, help="output path prefix (e.g. output/ gives output/_iter1.star)")
-    p.add_argument("--angpix", type=float, default=None, help="pixel size in Å (default: from the star's optics table)")
-    p.add_argument("--sym", default="C1", help="molecular symmetry, C1 by default (others need RELION)")
-    p.add_argument("--num_iters", type=int, default=10, help="number of sieving iterations, 10 by default")
-    p.add_argument("--frequency_start", type=float, default=50.0, help="starting high-pass threshold in Å, 50 by default")
-    p.add_argument("--frequency_end", type=float, default=3.0, help="ending high-pass threshold in Å, 3 by default")
-    p.add_argument("--retention_ratio", type=float, default=0.8, help="fraction of particles retained per iteration, 0.8 by default")
-    p.add_argument("--mask", default=None, help="mask file path (multiplies the half-maps when sieving; masks the FSC)")
-    p.add_argument("--balance", action="store_true", help="subsample the half-sets to the same size first (seeded)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of --balance")
-    p.add_argument("--num_gpus", type=int, default=1, help="processes (GPUs) for the sieving step, 1 by default")
-    p.add_argument("--directory", default=None, help="directory the image paths are relative to")
-    p.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if available")
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--precision", choices=["double", "single"], default="double")
-    a = p.parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print("cryonb sieve: run the driver as one process; it starts the distributed sieving itself (--num_gpus N)", file=sys.stderr)
-        return 2
-    try:
-        st = sieve(a.i, a.o, angpix=a.angpix, mask=a.mask, sym=a.sym, num_iters=a.num_iters, frequency_start=a.frequency_start,
-                   frequency_end=a.frequency_end, retention_ratio=a.retention_ratio, balance=a.balance, seed=a.seed,
-                   reconstruct_software=a.reconstruct_software, postprocess_software=a.postprocess_software,
-                   postprocess=a.postprocess, directory=a.directory, device=a.device, batch_size=a.batch_size, precision=a.precision, num_gpus=a.num_gpus)
-    except (InputError, FileNotFoundError) as e:
-        print(f"cryonb sieve: error: {e}", file=sys.stderr); return 2
-    print(f"cryonb sieve: done; report {st['report']}")
-    return 0
-
-# %% ../../nbs/10_cryosieve.ipynb #e7cf798a
-def blob_volume(centers_A: np.ndarray, D: int, apix: float, sigma_A: float, amplitudes=None) -> np.ndarray:
-    "Map `(D,D,D)` `[z,y,x]` of Gaussians `a·exp(-|x-c|²/2σ²)` at `centers_A (K,3)` xyz Å (box centre D//2 at 0 Å)."
-    a = np.ones(len(centers_A)) if amplitudes is None else np.asarray(amplitudes, float)
-    x = (np.arange(D) - D // 2) * apix
-    vol = np.zeros((D, D, D))
-    for (cx, cy, cz), ai in zip(centers_A, a):   # K blobs (a handful), separable
-        gx, gy, gz = (np.exp(-(x - c) ** 2 / (2 * sigma_A ** 2)) for c in (cx, cy, cz))
-        vol += ai * gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
-    return vol
-
-def blob_projections(centers_A: np.ndarray, rotations: np.ndarray, D: int, apix: float, sigma_A: float, amplitudes=None) -> np.ndarray:
-    "Analytic z-projections `(B,D,D)` of `blob_volume` at poses `rotations (B,3,3)` (image of `V(Aᵀx)`), sum-over-voxels scale."
-    a = np.ones(len(centers_A)) if amplitudes is None else np.asarray(amplitudes, float)
-    c = np.einsum("bij,kj->bki", rotations, centers_A)[..., :2]                 # (B,K,2) xy Å
-    x = (np.arange(D) - D // 2) * apix
-    gx = np.exp(-(x[None, None, :] - c[..., 0:1]) ** 2 / (2 * sigma_A ** 2))    # (B,K,D)
-    gy = np.exp(-(x[None, None, :] - c[..., 1:2]) ** 2 / (2 * sigma_A ** 2))
-    return np.einsum("k,bky,bkx->byx", a * math.sqrt(2 * math.pi) * sigma_A / apix, gy, gx)
-
-def blob_dataset(folder, n: int = 200, D: int = 32, apix: float = 2.0, junk_fraction: float = 0.2, junk_kind: str = "noise",
-                 noise_sigma: float = 1.0, n_blobs: int = 12, sigma_A: float | None = None, seed: int = 0,
-                 template_star=None, scale_signal: float = 1.0, bfactor_range=(0.0, 0.0)) -> dict:
-    """Write `folder/particles.star` (RELION 3.1), `folder/particles.mrcs`, `folder/map.mrc` (the true map) and
-    `folder/mask.mrc` (soft sphere) for a blob structure; images = CTF·(analytic projection) shifted by −origin
-    + white noise (`noise_sigma`). A fraction `junk_fraction` of the particles (chosen at random) are junk:
-    `junk_kind='noise'` (noise only) or `'pose'` (structure at a random wrong pose). `template_star`: take
-    the optics table and the per-particle poses/CTF/origins/half-sets/optics groups of this star (its first
-    `n` rows; image size and names replaced) instead of random ones. `bfactor_range (lo, hi)` Å²: each image's
-    signal gets an envelope `exp(-B s²/4)` with B uniform in the range (particles of varying quality, as
-    ice thickness and motion make them; not written to the star). Returns a dict with the paths,
-    `junk (n,) bool`, `volume`, `apix`."""
-    from cryonb.geometry import random_rotations, euler_to_matrix, matrix_to_euler
-    from cryonb.ctf import CTFParams
-    from cryonb.fourier import shift_images
-    import mrcfile, starfile
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sigma_A = sigma_A or 1.5 * apix
-    r = 0.33 * D * apix * np.cbrt(rng.uniform(0, 1, n_blobs))                # uniform in a ball
-    v = rng.normal(size=(n_blobs, 3)); v /= np.linalg.norm(v, axis=1, keepdims=True)
-    centers = v * r[:, None]
-    amps = rng.uniform(0.5, 1.5, n_blobs) * scale_signal
-    if template_star is not None:
-        blocks = _read_star(template_star)
-        optics = blocks["optics"].copy(); optics["rlnImageSize"] = D
-        df = blocks["particles"].iloc[:n].copy().reset_index(drop=True)
-        n = len(df)
-        p_apix = df["rlnOpticsGroup"].map(optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"]).to_numpy(float)
-        ang = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
-        sh_A = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(float)
-        volt = df["rlnOpticsGroup"].map(optics.set_index("rlnOpticsGroup")["rlnVoltage"]).to_numpy(float)
-        cs = df["rlnOpticsGroup"].map(optics.set_index("rlnOpticsGroup")["rlnSphericalAberration"]).to_numpy(float)
-        w = df["rlnOpticsGroup"].map(optics.set_index("rlnOpticsGroup")["rlnAmplitudeContrast"]).to_numpy(float)
-        du, dv, da = (df[c].to_numpy(float) for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"))
-        ps = df["rlnPhaseShift"].to_numpy(float) if "rlnPhaseShift" in df else np.zeros(n)
-    else:
-        optics = pd.DataFrame(dict(rlnOpticsGroup=[1], rlnOpticsGroupName=["opticsGroup1"], rlnAmplitudeContrast=[0.1],
-                                   rlnSphericalAberration=[2.7], rlnVoltage=[300.0], rlnImagePixelSize=[apix],
-                                   rlnImageSize=[D], rlnImageDimensionality=[2]))
-        ang = matrix_to_euler(random_rotations(n, seed=seed).double()).numpy()
-        p_apix = np.full(n, apix)
-        sh_A = rng.uniform(-2.5, 2.5, (n, 2)) * apix
-        volt, cs, w = np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1)
-        du = rng.uniform(5000, 15000, n); dv = du - rng.uniform(0, 500, n); da = rng.uniform(0, 180, n)
-        ps = np.zeros(n)
-        df = pd.DataFrame(dict(rlnAngleRot=ang[:, 0], rlnAngleTilt=ang[:, 1], rlnAnglePsi=ang[:, 2],
-                               rlnOriginXAngst=sh_A[:, 0], rlnOriginYAngst=sh_A[:, 1], rlnDefocusU=du, rlnDefocusV=dv,
-                               rlnDefocusAngle=da, rlnPhaseShift=ps, rlnOpticsGroup=np.ones(n, int),
-                               rlnRandomSubset=(np.arange(n) % 2) + 1))
-    rot = euler_to_matrix(torch.tensor(np.array(ang, dtype=np.float64))).numpy()
-    junk = np.zeros(n, bool); junk[rng.choice(n, int(round(junk_fraction * n)), replace=False)] = True
-    rot_img = rot.copy()
-    if junk_kind == "pose": rot_img[junk] = random_rotations(int(junk.sum()), seed=seed + 1).double().numpy()
-    elif junk_kind != "noise": raise InputError(f"junk_kind must be 'noise' or 'pose', got {junk_kind!r}")
-    proj = torch.as_tensor(blob_projections(centers, rot_img, D, apix, sigma_A, amps))
-    params = CTFParams(*(torch.tensor(np.array(a, dtype=np.float64)) for a in (du, dv, da, volt, cs, w, ps)))
-    ctf = _ctf_batch(params, p_apix, D, torch.device("cpu"), torch.float64)
-    bf = torch.as_tensor(rng.uniform(bfactor_range[0], bfactor_range[1], n) if bfactor_range[1] > 0 else np.zeros(n))
-    s2 = (torch.arange(D, dtype=torch.float64) - D // 2) ** 2
-    s2 = (s2[:, None] + s2[None]) / (D * apix) ** 2
-    img = ifft2c(ctf * torch.exp(-bf[:, None, None] * s2 / 4) * fft2c(proj)).real
-    img = shift_images(img, -torch.as_tensor(sh_A / p_apix[:, None] * apix), apix)   # image = forward model shifted by -origin
-    if junk_kind == "noise": img[torch.as_tensor(junk)] = 0.0
-    img = img + noise_sigma * torch.as_tensor(rng.normal(size=img.shape))
-    df["rlnImageName"] = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
-    with mrcfile.new(folder / "particles.mrcs", overwrite=True) as m:
-        m.set_data(img.numpy().astype(np.float32)); m.voxel_size = apix
-    vol = blob_volume(centers, D, apix, sigma_A, amps)
-    _write_map(folder / "map.mrc", vol, apix)
-    zz, yy, xx = np.meshgrid(*(np.arange(D) - D // 2,) * 3, indexing="ij")
-    rad = np.sqrt(xx ** 2 + yy ** 2 + zz ** 2)
-    mask = np.clip((0.45 * D - rad) / 3.0, 0, 1)
-    _write_map(folder / "mask.mrc", mask, apix)
-    starfile.write({"optics": optics, "particles": df}, folder / "particles.star", overwrite=True)
-    return dict(star=folder / "particles.star", stack=folder / "particles.mrcs", map=folder / "map.mrc", mask=folder / "mask.mrc",
-                junk=junk, volume=vol, apix=apix, centers=centers, amplitudes=amps, sigma_A=sigma_A, bfactor=bf.numpy())
