@@ -111,6 +111,8 @@ def cryonb_per_conformation(out, labels, syn, zdim=4):
     "cryonb's per-conformation AUCs (CryoBench protocol, `cryobench.per_conformation_fsc`) with its kernel regression."
     from cryonb.cryobench import per_conformation_fsc
     from cryonb.methods import recovar as rc
+    from cryonb import synthetic
+    from cryonb.cli import main as cli_main
     src, r = rc._source_for(out)
     z, P, _ = rc.load_latents(out, zdim)
     decode = lambda zz: rc.kernel_regression(src, z, P, zz.reshape(1, -1), r["noise"], r["mean_tau"])[0][0]
@@ -130,11 +132,13 @@ def main(argv=None):
     ap.add_argument("--skip-cryonb", action="store_true", help="run the reference only")
     a = ap.parse_args(argv)
     from cryonb.methods import recovar as rc
+    from cryonb import synthetic
+    from cryonb.cli import main as cli_main
     from cryonb.cryobench import state_latents
     from cryonb.io import read_map
     wd = Path(a.workdir or tempfile.mkdtemp(prefix="bench_recovar_")); wd.mkdir(parents=True, exist_ok=True)
-    syn = rc.synthetic_dataset(D=a.D, n=a.n, n_states=3, snr=a.snr, ctf=not a.no_ctf, seed=0)
-    paths = rc.write_synthetic(syn, wd / "data")
+    syn = synthetic.synthetic_dataset(D=a.D, n=a.n, n_states=3, snr=a.snr, ctf=not a.no_ctf, seed=0)
+    paths = synthetic.write_synthetic(syn, wd / "data")
     truth = syn["volumes"][1:] - syn["volumes"][0]
     labels = syn["labels"]
     results = dict(D=a.D, n=a.n, snr=a.snr, ctf=not a.no_ctf, threads=os.environ.get("OMP_NUM_THREADS", "2"),
@@ -203,6 +207,8 @@ def adk_benchmark(workdir, states: int = 10, images_per_state: int = 300, D: int
     from cryonb.cryobench import per_conformation_fsc, fsc_metrics
     from cryonb.io import read_map
     from cryonb.methods import recovar as rc
+    from cryonb import synthetic
+    from cryonb.cli import main as cli_main
     wd = Path(workdir); wd.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ds = make_adk_dataset(wd / "adk", states=states, images_per_state=images_per_state, D=D, apix=apix, snr=snr, seed=seed)
@@ -211,7 +217,7 @@ def adk_benchmark(workdir, states: int = 10, images_per_state: int = 300, D: int
     gt = [read_map(p)[0] for p in ds.gt_maps]
     out = wd / "run"
     t0 = time.time()
-    assert rc.cli_recovar(["pipeline", str(ds.star), "-o", str(out), "--zdim", ",".join(map(str, zdims)), "--n-pcs", str(n_pcs)]) == 0
+    assert cli_main(["recovar", "pipeline", str(ds.star), "-o", str(out), "--zdim", ",".join(map(str, zdims)), "--n-pcs", str(n_pcs)]) == 0
     t_pipe = time.time() - t0
     src, r = rc._source_for(out)
     rows = []

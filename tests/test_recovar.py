@@ -7,13 +7,14 @@ import torch
 
 from cryonb.core import InputError
 from cryonb.methods import recovar as rc
+from cryonb import synthetic
 
 
 @pytest.fixture(scope="module")
 def run3():
     torch.manual_seed(0)
-    syn = rc.synthetic_dataset(D=20, n=1000, n_states=3, snr=1.0, ctf=True, seed=11)
-    res = rc.recovar_pipeline(syn["source"], zdims=(2, 4), n_columns=60, n_pcs=8, block_size=30, log=None)
+    syn = synthetic.synthetic_dataset(D=20, n=1000, n_states=3, snr=1.0, ctf=True, seed=11)
+    res = rc.recovar_pipeline(rc.source_from_synthetic(syn), zdims=(2, 4), n_columns=60, n_pcs=8, block_size=30, log=None)
     return syn, res
 
 
@@ -84,5 +85,5 @@ def test_bad_inputs():
     with pytest.raises(InputError, match="unknown mask option"):
         rc.make_masks("cube", D=8)
     with pytest.raises(InputError, match="do not match"):
-        syn = rc.synthetic_dataset(D=8, n=10, n_states=1, ctf=False)
-        rc.kernel_regression(syn["source"], torch.zeros(5, 2), torch.zeros(5, 2, 2), torch.zeros(1, 2), torch.ones(8))
+        syn = synthetic.synthetic_dataset(D=8, n=10, n_states=1, ctf=False)
+        rc.kernel_regression(rc.source_from_synthetic(syn), torch.zeros(5, 2), torch.zeros(5, 2, 2), torch.zeros(1, 2), torch.ones(8))

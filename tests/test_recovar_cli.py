@@ -10,13 +10,14 @@ import torch
 
 from cryonb.cli import main
 from cryonb.methods import recovar as rc
+from cryonb import synthetic
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recovar")
-    syn = rc.synthetic_dataset(D=16, n=400, n_states=2, snr=2.0, ctf=True, shifts=True, seed=7)
-    paths = rc.write_synthetic(syn, tmp / "data")
+    syn = synthetic.synthetic_dataset(D=16, n=400, n_states=2, snr=2.0, ctf=True, shifts=True, seed=7)
+    paths = synthetic.write_synthetic(syn, tmp / "data")
     out = tmp / "run"
     rc_ = main(["recovar", "pipeline", str(paths["particles"]), "-o", str(out), "--poses", str(paths["poses"]),
                 "--ctf", str(paths["ctf"]), "--zdim", "1,2", "--n-pcs", "4", "--n-columns", "24", "--block-size", "12",

@@ -4,21 +4,22 @@
 
 # %% ../../nbs/11_recovar.ipynb #b00e02fb
 from __future__ import annotations
-import argparse, json, logging, math, os, sys, time
+import json, logging, math, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
-from ..core import get_device, InputError
+from ..core import get_device, InputError, get_logger
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
+from ..core import atomic_write
+from ..io import write_map
 
 # %% auto #0
-__all__ = ['ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'synthetic_dataset', 'write_synthetic',
-           'white_noise_level', 'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance',
-           'pick_columns', 'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed',
-           'RecovarResult', 'principal_angles', 'recovar_pipeline', 'kernel_regression', 'save_result', 'load_result',
-           'load_latents', 'source_from_args', 'pipeline_main', 'reconstruct_at', 'compute_state_main',
-           'compute_trajectory_main', 'analyze', 'analyze_main', 'cli_recovar']
+__all__ = ['ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
+           'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns',
+           'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult',
+           'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result',
+           'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -154,92 +155,10 @@ def prepare_batch(images, rotations, shifts_A, ctf, apix, halfset, index, device
                 half=torch.as_tensor(halfset).long().to(device), index=torch.as_tensor(index).long().to(device))
 
 # %% ../../nbs/11_recovar.ipynb #bf1f2ea3
-def _render_blobs_3d(centres, amps, sigma, D):
-    "Sum of isotropic Gaussians, centres `(G,3)` xyz in px from the box centre → `(D,D,D)` `[z,y,x]`."
-    f = torch.arange(D, dtype=torch.float64) - D // 2
-    gz, gy, gx = torch.meshgrid(f, f, f, indexing="ij")
-    v = torch.zeros(D, D, D, dtype=torch.float64)
-    for c, a in zip(centres, amps):
-        v += a * torch.exp(-((gx - c[0]) ** 2 + (gy - c[1]) ** 2 + (gz - c[2]) ** 2) / (2 * sigma ** 2))
-    return v.float()
-
-def _render_blobs_2d(centres, amps, sigma, rot, D):
-    "Analytic z-projections of the Gaussian blobs for rotations `(B,3,3)` → `(B,D,D)` `[y,x]`."
-    f = torch.arange(D, dtype=torch.float64) - D // 2
-    c = torch.einsum("bij,gj->bgi", rot.double(), torch.as_tensor(centres, dtype=torch.float64))  # x' = A x
-    dx = f[None, None, None, :] - c[:, :, 0, None, None]
-    dy = f[None, None, :, None] - c[:, :, 1, None, None]
-    g = torch.as_tensor(amps, dtype=torch.float64)[None, :, None, None] * math.sqrt(2 * math.pi) * sigma
-    return (g * torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))).sum(1).float()
-
-def _random_rotations(n, g):
-    q = torch.randn(n, 4, generator=g, dtype=torch.float64); q = q / q.norm(dim=1, keepdim=True)
-    w, x, y, z = q.unbind(1)
-    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], 1).reshape(n, 3, 3)
-    return R.float()
-
-def _simple_ctf(D, apix, defocus_A, voltage=300.0, cs=2.7, w=0.1):
-    "RELION-sign isotropic CTF images `(B,D,D)` for defocus `(B,)` Å (CTF(0)=+w); test helper only."
-    lam = 12.2643247 / math.sqrt(voltage * 1e3 * (1 + 0.978466e-6 * voltage * 1e3))
-    f = (torch.arange(D, dtype=torch.float64) - D // 2) / (D * apix)
-    s2 = f[None, :] ** 2 + f[:, None] ** 2
-    g = 2 * math.pi * (-0.5 * defocus_A.double()[:, None, None] * lam * s2 + 0.25 * cs * 1e7 * lam ** 3 * s2 ** 2)
-    return -(math.sqrt(1 - w * w) * torch.sin(g) - w * torch.cos(g)).float()
-
-def synthetic_dataset(D: int = 24, n: int = 600, n_states: int = 3, snr: float = 1.0, apix: float = 3.0,
-                      ctf: bool = True, shifts: bool = False, seed: int = 0):
-    """Gaussian-blob volumes in `n_states` conformations, projected analytically (independent of
-    `cryonb.projection`) with CTF and white noise at the given SNR (signal variance / noise variance
-    over the image). Returns `dict(source=ArraySource, volumes (K,D,D,D), labels (n,), D, apix)`."""
-    g = torch.Generator().manual_seed(seed)
-    G = 12
-    base = (torch.rand(G, 3, generator=g) - 0.5) * D * 0.3
-    amps = 0.5 + torch.rand(G, generator=g)
-    sigma = max(1.5, D / 12)
-    states = []
-    moves = [(torch.rand(4, 3, generator=g) - 0.5) * D * 0.25 for _ in range(n_states)]
-    for k in range(n_states):                         # state k > 0 moves its own 4 blobs
-        c = base.clone()
-        if k: c[4 * ((k - 1) % 3):4 * ((k - 1) % 3) + 4] += moves[k]
-        states.append(c)
-    vols = torch.stack([_render_blobs_3d(c, amps, sigma, D) for c in states])
-    labels = torch.randint(0, n_states, (n,), generator=g)
-    R = _random_rotations(n, g)
-    imgs = torch.empty(n, D, D)
-    for k in range(n_states):
-        sel = labels == k
-        if sel.any(): imgs[sel] = _render_blobs_2d(states[k], amps, sigma, R[sel], D)
-    sh = (torch.rand(n, 2, generator=g) - 0.5) * 4 * apix if shifts else torch.zeros(n, 2)
-    Y = fft2c(imgs.to(torch.complex64))
-    defocus = 8000 + 12000 * torch.rand(n, generator=g)
-    C = _simple_ctf(D, apix, defocus) if ctf else None
-    if C is not None: Y = Y * C
-    if shifts: Y = phase_shift(Y, -sh, apix)
-    clean = ifft2c(Y).real
-    sig = clean.var(dim=(-2, -1)).mean()
-    noisy = clean + torch.randn(clean.shape, generator=g) * torch.sqrt(sig / snr)
-    src = ArraySource(noisy, R, sh, C, apix, labels=labels.numpy(), seed=seed)
-    return dict(source=src, volumes=vols, labels=labels.numpy(), D=D, apix=apix, noise_var=float(sig / snr),
-                defocus=defocus if ctf else None, images=noisy, rotations=R, shifts_A=sh)
-
-def write_synthetic(syn: dict, folder) -> dict:
-    """Write a `synthetic_dataset` as files: `particles.mrcs`, cryoDRGN `poses.pkl` (shifts as box fractions) and
-    `ctf.pkl` (300 kV, Cs 2.7 mm, w 0.1; without CTF: defocus 0, Cs 0, w 1, i.e. CTF ≡ 1), `labels.npy`, `state_XX.mrc`.
-    Returns the paths."""
-    from cryonb.io import write_stack, write_poses_pkl, write_ctf_pkl
-    f = Path(folder); f.mkdir(parents=True, exist_ok=True)
-    D, apix, n = syn["D"], syn["apix"], len(syn["labels"])
-    write_stack(f / "particles.mrcs", syn["images"], apix)
-    write_poses_pkl(f / "poses.pkl", syn["rotations"], syn["shifts_A"] / (D * apix))
-    noctf = syn["defocus"] is None                      # no CTF: defocus 0, Cs 0, w = 1 gives CTF ≡ 1 (RELION sign)
-    df = torch.zeros(n) if noctf else syn["defocus"]
-    ctf = np.stack([np.full(n, D), np.full(n, apix), df.numpy(), df.numpy(), np.zeros(n), np.full(n, 300.0),
-                    np.full(n, 0.0 if noctf else 2.7), np.full(n, 1.0 if noctf else 0.1), np.zeros(n)], 1)
-    write_ctf_pkl(f / "ctf.pkl", ctf); np.save(f / "labels.npy", syn["labels"])
-    for k, v in enumerate(syn["volumes"]): _write_map(f / f"state_{k:02d}.mrc", v, apix)
-    return dict(particles=f / "particles.mrcs", poses=f / "poses.pkl", ctf=f / "ctf.pkl", labels=f / "labels.npy")
+def source_from_synthetic(syn: dict, device=None) -> "ArraySource":
+    "An `ArraySource` over a `cryonb.synthetic.synthetic_dataset` (its images, poses, shifts, CTF images and labels)."
+    return ArraySource(syn["images"], syn["rotations"], syn["shifts_A"], syn["ctf_images"], syn["apix"],
+                       labels=syn["labels"], seed=syn.get("seed", 0), device=device)
 
 # %% ../../nbs/11_recovar.ipynb #e273171d
 def _kmask(D, device):
@@ -736,6 +655,30 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
                          u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset, info=info)
 
 # %% ../../nbs/11_recovar.ipynb #889c9d45
+_log = get_logger(__name__)
+
+def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
+    """Bandwidth candidate per shell `(S,)`: the choice that is non-decreasing with frequency (wider kernels
+    where the noise is larger) and minimises the total criterion `Σ_s counts_s · err[choice_s, s]` over the
+    measured shells `s < n_shells` (dynamic programming over `err (C, S)`); shells beyond take the last choice.
+    A greedy running maximum of the per-shell argmin (the first version) let one near-tie at the lowest
+    shells, where every candidate agrees, force the widest kernel — the consensus mean — on every shell."""
+    C, S = err.shape
+    n = max(1, min(n_shells, S))
+    cost = (err[:, :n] * counts[:n].to(err.dtype)).cpu()
+    best = cost[:, 0].clone()
+    back = torch.zeros(C, n, dtype=torch.long)
+    for s in range(1, n):                                   # loop over shells (a handful), not voxels
+        prev_min, prev_arg = torch.cummin(best, 0)          # best path ending at a candidate <= j
+        best = cost[:, s] + prev_min
+        back[:, s] = prev_arg
+    choice = torch.empty(S, dtype=torch.long)
+    j = int(best.argmin())
+    for s in range(n - 1, -1, -1):
+        choice[s] = j
+        j = int(back[j, s])
+    choice[n:] = choice[n - 1]
+    return choice.to(err.device)
 def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
                       oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256):
     """Volumes `(T,D,D,D)` at latent points `targets (T,K)` from the particles of `source`, their latents
@@ -788,37 +731,40 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
             # noise-weighted: |a - b|² · Kc_b (Kc_b ∝ 1/var(b)); E = weighted MSE of a + const, since b is unbiased and independent
             e = ((est[0, j] - ref[1]).abs() ** 2 * Kc[1, 0] * ok[1] + (est[1, j] - ref[0]).abs() ** 2 * Kc[0, 0] * ok[0])
             err[j] = shell_average(e.double(), sh, nsh)
-        raw = err.argmin(0); raw[0] = raw[1]                                    # the DC "shell" is one voxel: use shell 1's choice
-        choice = torch.cummax(raw, 0).values                                    # (nsh,) non-decreasing with frequency
+        choice = monotone_bandwidths(err, torch.bincount(sh.flatten(), minlength=nsh), D // 2)
         cj = choice[sh]
         Yall = torch.gather((Ky[0] + Ky[1]), 0, cj[None]).squeeze(0); Call = torch.gather((Kc[0] + Kc[1]), 0, cj[None]).squeeze(0)
         grid = Yall / (Call + inv).clamp(min=1e-6 * float(Call.mean()))
         if Bfactor:
             s2 = (_radius3(M, os_, dev) / (D * source.apix)) ** 2
             grid = grid * torch.exp(Bfactor * s2 / 4)
-        vols.append(grid_to_volume(grid, D) * _soft_sphere(D, dev)); infos.append(dict(bandwidth_choice=choice.cpu().numpy(), criterion=err.cpu().numpy(), edges=edges.cpu().numpy(),
-                                                                n_within=int((d <= edges[-1]).sum())))
+        vols.append(grid_to_volume(grid, D) * _soft_sphere(D, dev))
+        info = dict(bandwidth_choice=choice.cpu().numpy(), criterion=err.cpu().numpy(), edges=edges.cpu().numpy(),
+                    n_within=int((d <= edges[-1]).sum()), equals_mean=bool((choice[1:D // 2] == n_bins).all()))
+        infos.append(info)
+        _log.info(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: bandwidth per shell "
+                  f"{info['bandwidth_choice'][:D // 2].tolist()} (candidates 0..{n_bins - 1} = h² {np.round(info['edges'], 4).tolist()}, "
+                  f"{n_bins} = every image)")
+        if info["equals_mean"]:
+            _log.warning(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: every shell chose all images, "
+                         "so this state equals the consensus mean (too few particles near this point?)")
     return torch.stack(vols), infos
 
 # %% ../../nbs/11_recovar.ipynb #704468c2
-def _write_map(path, vol, apix):
-    from cryonb.io import write_map
-    write_map(str(path), np.asarray(torch.as_tensor(vol).detach().float().cpu()), apix)
-
 def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_ind=None, n_save_pcs: int | None = None):
     "Write a `RecovarResult` in RECOVAR's layout under `outdir` (see above). Returns the output folder `Path`."
     out = Path(outdir); (out / "model").mkdir(parents=True, exist_ok=True); vd = out / "output" / "volumes"; vd.mkdir(parents=True, exist_ok=True)
     apix = res.apix
-    _write_map(vd / "mean.mrc", res.mean, apix)
-    _write_map(vd / "mean_half1_unfil.mrc", res.halves_unfil[0], apix); _write_map(vd / "mean_half2_unfil.mrc", res.halves_unfil[1], apix)
-    _write_map(vd / "mean_half1_reg.mrc", res.halves[0], apix); _write_map(vd / "mean_half2_reg.mrc", res.halves[1], apix)
-    _write_map(vd / "mask.mrc", res.mask, apix); _write_map(vd / "dilated_mask.mrc", res.dilated_mask, apix)
+    write_map(vd / "mean.mrc", res.mean, apix)
+    write_map(vd / "mean_half1_unfil.mrc", res.halves_unfil[0], apix); write_map(vd / "mean_half2_unfil.mrc", res.halves_unfil[1], apix)
+    write_map(vd / "mean_half1_reg.mrc", res.halves[0], apix); write_map(vd / "mean_half2_reg.mrc", res.halves[1], apix)
+    write_map(vd / "mask.mrc", res.mask, apix); write_map(vd / "dilated_mask.mrc", res.dilated_mask, apix)
     zmax = max(res.embeddings) if res.embeddings else 0
     n_save = min(len(res.u), max(zmax, 20) if n_save_pcs is None else n_save_pcs)
     for k in range(n_save):
-        _write_map(vd / f"eigen_pos{k:04d}.mrc", res.u[k], apix); _write_map(vd / f"eigen_neg{k:04d}.mrc", -res.u[k], apix)
+        write_map(vd / f"eigen_pos{k:04d}.mrc", res.u[k], apix); write_map(vd / f"eigen_neg{k:04d}.mrc", -res.u[k], apix)
     for K in (4, 10, 20):
-        if K <= len(res.u): _write_map(vd / f"variance{K}.mrc", torch.einsum("k,kxyz->xyz", res.s[:K], res.u[:K] ** 2), apix)
+        if K <= len(res.u): write_map(vd / f"variance{K}.mrc", torch.einsum("k,kxyz->xyz", res.s[:K], res.u[:K] ** 2), apix)
     for K, e in res.embeddings.items():
         zd = out / "model" / f"zdim_{K}"; zd.mkdir(exist_ok=True)
         np.save(zd / "latent_coords.npy", e["z"].cpu().numpy()); np.save(zd / "latent_precision.npy", e["precision"].cpu().numpy())
@@ -832,7 +778,8 @@ def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_
              column_fsc=res.column_fsc.cpu().numpy())
     params = dict(D=res.D, apix=res.apix, n_particles=int(len(res.halfset)), zdims=sorted(res.embeddings), n_pcs=len(res.u),
                   eigenvalues=res.s.cpu().tolist(), info=res.info, args=args or {})
-    (out / "model" / "params.json").write_text(json.dumps(params, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    with atomic_write(out / "model" / "params.json") as tmp:
+        tmp.write_text(json.dumps(params, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     _pipeline_report(res, out)
     return out
 
@@ -912,73 +859,6 @@ def source_from_args(a, device=None):
     if lab is not None and bool((torch.as_tensor(lab) >= 0).any()): src.labels = np.asarray(lab)
     return src, ds
 
-def _logger(path):
-    lg = logging.getLogger(f"cryonb.recovar.{path}")
-    lg.setLevel(logging.INFO); lg.handlers.clear()
-    fh = logging.FileHandler(path, mode="a"); fh.setFormatter(logging.Formatter("%(asctime)s %(message)s")); lg.addHandler(fh)
-    sh = logging.StreamHandler(sys.stdout); sh.setFormatter(logging.Formatter("%(message)s")); lg.addHandler(sh)
-    return lambda *m: lg.info(" ".join(str(x) for x in m))
-
-def _pipeline_parser():
-    p = argparse.ArgumentParser(prog="cryonb recovar pipeline", description="RECOVAR: mean, masks, noise, covariance, principal volumes, embeddings")
-    p.add_argument("particles", help="particles: .mrcs, .star, .cs or .txt")
-    p.add_argument("-o", "--outdir", required=True)
-    p.add_argument("--poses", help="cryoDRGN pose .pkl (else from the .star/.cs)")
-    p.add_argument("--ctf", help="cryoDRGN CTF .pkl (else from the .star/.cs)")
-    p.add_argument("--zdim", default="4,10,20", help="comma-separated latent dimensions (default 4,10,20)")
-    p.add_argument("--mask", help="mask .mrc (with --mask-option input)")
-    p.add_argument("--mask-option", default=None, choices=["from_halfmaps", "input", "sphere", "none"],
-                   help="default: input if --mask is given, else from_halfmaps")
-    p.add_argument("--mask-dilate-iter", type=int, default=None)
-    p.add_argument("--correct-contrast", action="store_true", help="search a per-image contrast in the embedding")
-    p.add_argument("--ind", help="indices .pkl/.npy of the particles to use")
-    p.add_argument("--datadir", help="folder of the image stacks named in a .star/.cs")
-    p.add_argument("--n-images", type=int, help="use only the first N particles")
-    p.add_argument("--halfsets", help="half-set split: .pkl [ind1, ind2] or .npy/.txt labels 0/1")
-    p.add_argument("--lazy", action="store_true", help="read images from disk in batches (no full load)")
-    p.add_argument("--apix", type=float); p.add_argument("--downsample", type=int)
-    p.add_argument("--n-pcs", type=int, default=50, help="basis size of the projected covariance (RECOVAR 200)")
-    p.add_argument("--no-adaptive-n-pcs", action="store_true", help="use --n-pcs as given (default: cap at √(N/4))")
-    p.add_argument("--n-columns", type=int, default=300); p.add_argument("--column-radius", type=float)
-    p.add_argument("--block-size", type=int, default=16, help="covariance columns per pass (memory ∝ 4·block·(2D)³)")
-    p.add_argument("--covariance-kmax", default="auto", help="frequency limit (px) of the covariance columns: auto (mean FSC 0.143 + 3 px), "
-                   "a number, or 0 for all frequencies (RECOVAR)")
-    p.add_argument("--batch-size", type=int, default=256); p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    return p
-
-def pipeline_main(argv) -> int:
-    "`cryonb recovar pipeline PARTICLES -o OUTDIR ...`: run `recovar_pipeline` on a particle file and write RECOVAR's layout, `report.html` and `run.log`. Returns the exit code; raises `InputError` on bad input."
-    a = _pipeline_parser().parse_args(argv)
-    out = Path(a.outdir); out.mkdir(parents=True, exist_ok=True)
-    log = _logger(out / "run.log")
-    args = vars(a).copy()
-    for k in ("particles", "poses", "ctf", "ind", "datadir", "halfsets", "mask"):
-        if args.get(k): args[k] = str(Path(args[k]).resolve())
-    zdims = [int(z) for z in str(a.zdim).split(",") if z.strip()]
-    opt = a.mask_option or ("input" if a.mask else "from_halfmaps")
-    input_mask = None
-    if a.mask:
-        from cryonb.io import read_map
-        if not Path(a.mask).exists(): raise FileNotFoundError(f"--mask {a.mask}: file not found")
-        input_mask = read_map(a.mask)[0]
-    dev = get_device(a.device)
-    log(f"cryonb recovar pipeline {' '.join(map(str, argv))}")
-    src, ds = source_from_args(args, dev)
-    if input_mask is not None and input_mask.shape != (src.D,) * 3:
-        from cryonb.fourier import fourier_crop, fourier_pad
-        raise InputError(f"--mask {a.mask}: box {input_mask.shape} differs from the particles' {src.D}")
-    log(f"{src.n} particles, D={src.D}, {src.apix:.4g} Å/px, half-sets {int((src.halfset == 0).sum())}/{int((src.halfset == 1).sum())}, device {dev}")
-    res = recovar_pipeline(src, zdims=zdims, mask_option=opt, input_mask=input_mask, mask_dilate_iter=a.mask_dilate_iter,
-                           correct_contrast=a.correct_contrast, n_columns=a.n_columns, column_radius=a.column_radius,
-                           n_pcs=a.n_pcs, block_size=a.block_size, batch_size=a.batch_size, seed=a.seed, log=log,
-                           covariance_kmax="auto" if a.covariance_kmax == "auto" else (float(a.covariance_kmax) or None),
-                           adaptive_n_pcs=not a.no_adaptive_n_pcs)
-    ind = None
-    if a.ind or a.n_images: ind = ds.meta.indices if hasattr(ds.meta, "indices") else None
-    save_result(res, out, args, particles_ind=ind)
-    log(f"done in {res.info['timings_s']['total']:.1f}s; outputs in {out}")
-    return 0
 
 # %% ../../nbs/11_recovar.ipynb #ebc18b59
 def _source_for(outdir, device=None, lazy=None):
@@ -990,12 +870,14 @@ def _source_for(outdir, device=None, lazy=None):
     src.halfset = torch.as_tensor(r["halfset"]).long()
     return src, r
 
-def reconstruct_at(outdir, targets, zdim: int, Bfactor: float = 0.0, n_bins: int = 6, device=None, z=None, precision=None, source=None):
+def reconstruct_at(outdir, targets, zdim: int, Bfactor: float = 0.0, n_bins: int = 6, device=None, z=None, precision=None, source=None,
+                   noreg: bool = False):
     """Kernel-regression volumes `(T,D,D,D)` at latent points `targets (T,K)` for a pipeline folder. With `z (N,K)`
     (an external embedding, e.g. another method's `z.npy`) the images are reweighted by that embedding, with
-    the precision `diag(1/var(z))` for every image unless `precision` is given."""
+    the precision `diag(1/var(z))` for every image unless `precision` is given. `noreg`: use the unregularized
+    embedding (RECOVAR's `--no-z-regularization`)."""
     src, r = (source, load_result(outdir)) if source is not None else _source_for(outdir, device)
-    if z is None: z, precision, _ = load_latents(outdir, zdim)
+    if z is None: z, precision, _ = load_latents(outdir, zdim, noreg=noreg)
     z = np.asarray(z, np.float64)
     if len(z) != src.n: raise InputError(f"embedding has {len(z)} rows; the particles are {src.n}")
     if precision is None:
@@ -1010,33 +892,11 @@ def _read_points(path, K=None):
     if K is not None and z.shape[1] != K: raise InputError(f"{p}: points have {z.shape[1]} coordinates; zdim is {K}")
     return z
 
-def compute_state_main(argv) -> int:
-    "`cryonb recovar compute-state OUTDIR -o DIR --latent-points z.txt`: kernel-regression maps `DIR/vol0000.mrc…` at the given latent points (or reweighted by `--external-z`). Returns the exit code."
-    p = argparse.ArgumentParser(prog="cryonb recovar compute-state", description="volumes at latent points by kernel regression")
-    p.add_argument("outdir"); p.add_argument("-o", "--out", required=True)
-    p.add_argument("--latent-points", required=True, help="text/.npy file, one latent point per row")
-    p.add_argument("--zdim", type=int, help="default: number of columns of the points")
-    p.add_argument("--Bfactor", type=float, default=0.0); p.add_argument("--n-bins", type=int, default=6)
-    p.add_argument("--external-z", help="reweight by an external embedding z.npy (N,K) instead of RECOVAR's")
-    p.add_argument("--device", default=None)
-    a = p.parse_args(argv)
-    pts = _read_points(a.latent_points)
-    K = a.zdim or pts.shape[1]
-    if pts.shape[1] != K: raise InputError(f"{a.latent_points}: points have {pts.shape[1]} coordinates; zdim is {K}")
-    zext = None
-    if a.external_z:
-        zext = _read_points(a.external_z)
-        if zext.shape[1] != K: raise InputError(f"{a.external_z}: {zext.shape[1]} dims, points have {K}")
-    vols, info = reconstruct_at(a.outdir, pts, K, a.Bfactor, a.n_bins, a.device, z=zext)
-    out = _write_volumes(a.outdir, a.out, vols, pts, "latent_points.txt")
-    print(f"wrote {len(vols)} volume(s) to {out}")
-    return 0
-
 def _write_volumes(outdir, out, vols, points, points_name: str) -> Path:
     "Write `vols (T,D,D,D)` as `out/vol0000.mrc…` with the pipeline's pixel size, and the latent `points (T,K)` as text."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     apix = load_result(outdir)["params"]["apix"]
-    for t, v in enumerate(vols): _write_map(out / f"vol{t:04d}.mrc", v, apix)
+    for t, v in enumerate(vols): write_map(out / f"vol{t:04d}.mrc", v, apix)
     np.savetxt(out / points_name, np.asarray(points))
     return out
 
@@ -1045,40 +905,16 @@ def _trajectory(z, density, start, end, n_vols):
     path = density_path(z, start, end, density=density)
     return resample_path(path.points, n_vols), path
 
-def compute_trajectory_main(argv) -> int:
-    "`cryonb recovar compute-trajectory OUTDIR -o DIR --endpts e.txt`: maps along a high-density latent path (or a straight line with `--linear`) between two points. Returns the exit code."
-    p = argparse.ArgumentParser(prog="cryonb recovar compute-trajectory", description="volumes along a high-density latent path")
-    p.add_argument("outdir"); p.add_argument("-o", "--out", required=True)
-    p.add_argument("--endpts", required=True, help="text file with two latent points (rows)")
-    p.add_argument("--zdim", type=int); p.add_argument("--n-vols", type=int, default=6)
-    p.add_argument("--Bfactor", type=float, default=0.0); p.add_argument("--linear", action="store_true", help="straight line instead of the density path")
-    p.add_argument("--device", default=None)
-    a = p.parse_args(argv)
-    e = _read_points(a.endpts)
-    if len(e) < 2: raise InputError(f"{a.endpts}: need two end points (rows), got {len(e)}")
-    K = a.zdim or e.shape[1]
-    load_result(a.outdir); z, P, _ = load_latents(a.outdir, K)
-    if e.shape[1] != K: raise InputError(f"{a.endpts}: points have {e.shape[1]} coordinates; zdim is {K}")
-    if a.linear:
-        from cryonb.analysis import linear_path
-        pts = linear_path(e[0], e[1], a.n_vols)
-    else:
-        from cryonb.analysis import kde_density
-        pts, _ = _trajectory(z, kde_density(z[:, :min(4, K)]), e[0], e[1], a.n_vols)
-    vols, _ = reconstruct_at(a.outdir, pts, K, a.Bfactor, device=a.device)
-    out = _write_volumes(a.outdir, a.out, vols, pts, "path.txt")
-    print(f"wrote {len(vols)} volume(s) along the path to {out}")
-    return 0
-
 def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, skip_umap: bool = False,
-            n_vols: int = 6, volumes: bool = True, out=None, device=None):
+            n_vols: int = 6, volumes: bool = True, out=None, device=None, Bfactor: float = 0.0, noreg: bool = False):
     """RECOVAR `analyze`: k-means (centres snapped to particles) and their kernel-regression volumes, UMAP,
     KDE density on the first ≤4 dims, trajectories between the farthest centres (and PC extremes) through
-    high-density regions. Writes `output/analysis_K/` (or `out`). Returns a dict of what it computed."""
+    high-density regions. Writes `output/analysis_K/` (or `out`). `Bfactor` (Å²) sharpens the volumes; `noreg`
+    uses the unregularized embedding. Returns a dict of what it computed."""
     from cryonb.analysis import kmeans, kde_density, umap_embedding, farthest_pair
     from cryonb.report import Report, latent_scatter
     load_result(outdir)
-    z, P, c = load_latents(outdir, zdim)
+    z, P, c = load_latents(outdir, zdim, noreg=noreg)
     od = Path(out) if out else Path(outdir) / "output" / f"analysis_{zdim}"; od.mkdir(parents=True, exist_ok=True)
     k = min(n_clusters, len(z))
     km = kmeans(z, k)
@@ -1091,9 +927,9 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     if volumes or n_trajectories:
         src, r = _source_for(outdir, device)
     if volumes:
-        vols, _ = reconstruct_at(outdir, km.centers, zdim, source=src)
+        vols, _ = reconstruct_at(outdir, km.centers, zdim, Bfactor, source=src, noreg=noreg)
         (od / "centers").mkdir(exist_ok=True)
-        for t, v in enumerate(vols): _write_map(od / "centers" / f"vol{t:04d}.mrc", v, r["params"]["apix"])
+        for t, v in enumerate(vols): write_map(od / "centers" / f"vol{t:04d}.mrc", v, r["params"]["apix"])
     pairs = []
     if n_trajectories:
         pairs.append(farthest_pair(km.centers))
@@ -1103,8 +939,8 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     for t, (i, j) in enumerate(pairs[:n_trajectories]):
         pts, path = _trajectory(z, dens, int(km.center_ind[i]), int(km.center_ind[j]), n_vols)
         td = od / f"trajectory_{t}"; td.mkdir(exist_ok=True); np.savetxt(td / "path.txt", pts)
-        vols, _ = reconstruct_at(outdir, pts, zdim, source=src)
-        for q, v in enumerate(vols): _write_map(td / f"vol{q:04d}.mrc", v, r["params"]["apix"])
+        vols, _ = reconstruct_at(outdir, pts, zdim, Bfactor, source=src, noreg=noreg)
+        for q, v in enumerate(vols): write_map(td / f"vol{q:04d}.mrc", v, r["params"]["apix"])
     res["trajectories"] = pairs[:n_trajectories]
     rep = Report(f"RECOVAR analysis, zdim {zdim}", str(outdir))
     rep.add_figure(latent_scatter(z[:, :2], km.labels, "k-means", title="latent PCs 1-2"), "Latent coordinates (first two PCs) coloured by k-means cluster.")
@@ -1112,34 +948,3 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     rep.write(od / "report.html")
     return res
 
-def analyze_main(argv) -> int:
-    "`cryonb recovar analyze OUTDIR --zdim K`: k-means, UMAP, density and trajectories via `analyze`. Returns the exit code."
-    p = argparse.ArgumentParser(prog="cryonb recovar analyze", description="k-means, UMAP, density, trajectories and volumes")
-    p.add_argument("outdir"); p.add_argument("--zdim", type=int, required=True)
-    p.add_argument("--n-clusters", type=int, default=20); p.add_argument("--n-trajectories", type=int, default=0)
-    p.add_argument("--skip-umap", action="store_true"); p.add_argument("--n-vols", type=int, default=6)
-    p.add_argument("--no-volumes", action="store_true"); p.add_argument("-o", "--out")
-    p.add_argument("--device", default=None)
-    a = p.parse_args(argv)
-    r = analyze(a.outdir, a.zdim, a.n_clusters, a.n_trajectories, a.skip_umap, a.n_vols, not a.no_volumes, a.out, a.device)
-    print(f"analysis written to {r['outdir']}")
-    return 0
-
-_VERBS = {"pipeline": pipeline_main, "analyze": analyze_main, "compute-state": compute_state_main,
-          "compute_state": compute_state_main, "compute-trajectory": compute_trajectory_main, "compute_trajectory": compute_trajectory_main}
-
-def cli_recovar(argv: list[str]) -> int:
-    """`cryonb recovar pipeline|analyze|compute-state|compute-trajectory ...` (RECOVAR's verbs and flags).
-    Returns the exit status; bad input is reported as `error: ...` with status 2."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: cryonb recovar {pipeline,analyze,compute-state,compute-trajectory} ...\n\n" + cli_recovar.__doc__)
-        return 0 if argv else 2
-    verb, rest = argv[0], list(argv[1:])
-    if verb not in _VERBS:
-        print(f"cryonb recovar: unknown command {verb!r}; choose from pipeline, analyze, compute-state, compute-trajectory", file=sys.stderr)
-        return 2
-    try:
-        return _VERBS[verb](rest)
-    except (InputError, FileNotFoundError, ValueError) as e:
-        print(f"cryonb recovar {verb}: error: {e}", file=sys.stderr)
-        return 2
