@@ -15,11 +15,11 @@ from ..core import atomic_write
 from ..io import write_map
 
 # %% auto #0
-__all__ = ['ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
-           'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns',
-           'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult',
-           'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result',
-           'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
+__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic',
+           'white_noise_level', 'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance',
+           'pick_columns', 'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed',
+           'RecovarResult', 'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression',
+           'save_result', 'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -948,3 +948,27 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     rep.write(od / "report.html")
     return res
 
+
+# %% ../../nbs/11_recovar.ipynb #53a2dae4
+def _demo_run(ctx, params: dict) -> dict:
+    "`cryonb demo` adapter: pipeline on `ctx.dataset`, then one kernel-regression map per ground-truth state."
+    ds, md = ctx.dataset, ctx.method_dir("RECOVAR")
+    args = dict(particles=str(ds / "particles.star"), poses=str(ds / "pose.pkl"), ctf=str(ds / "ctf.pkl"))
+    src, _ = source_from_args(args, get_device(ctx.device))
+    ctx.stage("pipeline: mean, noise, covariance, embeddings")
+    res = recovar_pipeline(src, zdims=params["zdims"], mask_option="from_halfmaps", seed=ctx.seed,
+                           log=lambda *m: ctx.stage(" ".join(map(str, m))[:70]))
+    save_result(res, md, args)
+    zdim = max(params["zdims"])
+    z = res.embeddings[zdim]["z"].cpu().numpy()
+    pts = ctx.state_latents(z)
+    np.savetxt(md / "state_points.txt", pts)
+    ctx.stage("kernel-regression maps at the state latents")
+    vols, infos = reconstruct_at(md, pts, zdim, source=src)
+    return dict(z=z, volumes=[v.cpu().numpy() for v in vols], rule="direct", zdim=zdim,
+                states_equal_to_mean=int(sum(i["equals_mean"] for i in infos)))
+
+DEMO_METHODS = [dict(name="RECOVAR", run=_demo_run, kind="heterogeneity",
+                     description="regularized covariance, principal volumes, embeddings, kernel-regression maps "
+                                 "(Gilles & Singer, PNAS 2025)",
+                     presets={"tiny": dict(zdims=(2, 4)), "small": dict(zdims=(4, 10)), "full": dict(zdims=(4, 10, 20))})]
