@@ -19,8 +19,7 @@ __all__ = ['CryoFormatError', 'StackNotFoundError', 'TruncatedFileError', 'Missi
            'write_star', 'join_optics', 'parse_image_names', 'resolve_stack_path', 'read_cs', 'SafeUnpickler',
            'read_pkl', 'write_pkl', 'read_poses_pkl', 'write_poses_pkl', 'read_ctf_pkl', 'write_ctf_pkl',
            'read_ind_pkl', 'read_latents', 'load_checkpoint', 'star_fields', 'cs_fields', 'ParticleMetadata',
-           'read_txt_list', 'load_particles', 'read_images', 'Structure', 'read_structure', 'write_pdb',
-           'gemmi_structure', 'info_lines']
+           'read_txt_list', 'load_particles', 'read_images', 'info_lines']
 
 # %% ../nbs/03_io.ipynb #35a03c17
 class CryoFormatError(InputError):
@@ -1007,96 +1006,6 @@ def read_images(meta: ParticleMetadata, idx=None) -> np.ndarray:
         out[rows[order]] = mm[sl[order]]
     return out
 
-# %% ../nbs/03_io.ipynb #b815b9b6
-@dataclass
-class Structure:
-    "Atoms of a model ensemble: `coords (n_models, n_atoms, 3)` Å and per-atom string/int arrays."
-    coords: np.ndarray
-    elements: np.ndarray
-    atom_names: np.ndarray
-    res_names: np.ndarray
-    res_nums: np.ndarray
-    chains: np.ndarray
-    bfactors: np.ndarray | None = None
-    @property
-    def n_models(self): return self.coords.shape[0]
-    @property
-    def n_atoms(self): return self.coords.shape[1]
-
-def read_structure(path, remove_hydrogens: bool = False, remove_water: bool = True) -> Structure:
-    """Read all models of a PDB/mmCIF file with gemmi. Returns a `Structure` with
-    `coords (n_models, n_atoms, 3)` float64 Å, `elements`, `atom_names`, `res_names`, `chains`
-    (str arrays), `res_nums` (int), `bfactors` (of model 1). Raises `FileNotFoundError` if absent and
-    `CryoFormatError` if unreadable, empty, or if models differ in atom count."""
-    import gemmi
-    path = str(path)
-    if not os.path.exists(path): raise FileNotFoundError(f"{path}: no such structure file")
-    try: st = gemmi.read_structure(path)
-    except Exception as e: raise CryoFormatError(f"{path}: not a readable PDB/mmCIF file ({e})") from None
-    st.remove_alternative_conformations()
-    if remove_hydrogens: st.remove_hydrogens()
-    if remove_water: st.remove_waters()
-    st.remove_empty_chains()
-    if len(st) == 0: raise CryoFormatError(f"{path}: no models/atoms found")
-    per = []
-    for mdl in st:
-        per.append([(a.pos.x, a.pos.y, a.pos.z, a.element.name, a.name, r.name, r.seqid.num, ch.name, a.b_iso)
-                    for ch in mdl for r in ch for a in r])
-    n = len(per[0])
-    if n == 0: raise CryoFormatError(f"{path}: model 1 has no atoms")
-    bad = [i + 1 for i, p in enumerate(per) if len(p) != n]
-    if bad: raise CryoFormatError(f"{path}: models {bad[:5]} have a different number of atoms than model 1 ({n}); expected an ensemble")
-    coords = np.array([[a[:3] for a in p] for p in per], dtype=np.float64)
-    a0 = per[0]
-    col = lambda j, dt=object: np.array([a[j] for a in a0], dtype=dt)
-    return Structure(coords, col(3), col(4), col(5), col(6, np.int64), col(7), col(8, np.float64))
-
-def write_pdb(path, coords, template: Structure | None = None, elements=None, atom_names=None, res_names=None,
-              res_nums=None, chains=None, bfactors=None):
-    """Write `(n_atoms, 3)` or `(n_models, n_atoms, 3)` coordinates (Å, array or tensor) as a PDB
-    with one MODEL per conformation. Atom identities come from `template` (a `Structure`) or the
-    per-atom arrays (defaults: CA atoms of ALA residues 1..n in chain A)."""
-    import gemmi
-    X = _to_numpy(coords).astype(np.float64)
-    if X.ndim == 2: X = X[None]
-    if X.ndim != 3 or X.shape[-1] != 3: raise CryoFormatError(f"{path}: coordinates of shape {X.shape}; expected (n_models, n_atoms, 3)")
-    n = X.shape[1]
-    t = template
-    pick = lambda given, attr, default: np.asarray(given if given is not None else (getattr(t, attr) if t is not None else default))
-    el = pick(elements, "elements", ["C"] * n); an = pick(atom_names, "atom_names", ["CA"] * n)
-    rn = pick(res_names, "res_names", ["ALA"] * n); rs = pick(res_nums, "res_nums", np.arange(1, n + 1))
-    ch = pick(chains, "chains", ["A"] * n)
-    bf = np.zeros(n) if bfactors is None and (t is None or t.bfactors is None) else pick(bfactors, "bfactors", None)
-    for name, a in dict(elements=el, atom_names=an, res_names=rn, res_nums=rs, chains=ch, bfactors=bf).items():
-        if len(a) != n: raise CryoFormatError(f"{path}: {name} has {len(a)} entries; expected one per atom ({n})")
-    gemmi_structure(X, an, rn, rs, el, ch, bf).write_pdb(str(path))
-    return Path(path)
-
-def gemmi_structure(coords, atom_names, res_names, res_nums, elements, chains, bfactors):
-    """A `gemmi.Structure` with one model per conformation: `coords (n_models, n_atoms, 3)` Å and one
-    entry per atom in each of `atom_names`, `res_names`, `res_nums`, `elements`, `chains`, `bfactors`
-    (Å²). A new residue starts where the (number, name) pair changes, a new chain where the chain ID
-    changes. The caller checks the lengths (`write_pdb`, `cryonb.structure.atoms_to_structure`)."""
-    import gemmi
-    X = np.asarray(coords, dtype=np.float64)
-    st = gemmi.Structure()
-    for m in range(X.shape[0]):
-        model = gemmi.Model(m + 1)
-        chain, res, last = None, None, None
-        for i in range(X.shape[1]):          # gemmi adds atoms one at a time (no batched API)
-            if chain is None or chain.name != chains[i]:
-                model.add_chain(gemmi.Chain(str(chains[i]))); chain = model[len(model) - 1]; last = None
-            key = (int(res_nums[i]), str(res_names[i]))
-            if key != last:
-                r = gemmi.Residue(); r.name = key[1]; r.seqid = gemmi.SeqId(key[0], " "); r.het_flag = "A"
-                chain.add_residue(r); res = chain[len(chain) - 1]; last = key
-            a = gemmi.Atom(); a.name = str(atom_names[i]); a.element = gemmi.Element(str(elements[i]))
-            a.pos = gemmi.Position(*X[m, i]); a.occ = 1.0; a.b_iso = float(bfactors[i])
-            res.add_atom(a)
-        st.add_model(model)
-    st.setup_entities()
-    return st
-
 # %% ../nbs/03_io.ipynb #786d28eb
 def _describe_pkl(path) -> list:
     obj = read_pkl(path)
@@ -1119,13 +1028,9 @@ def _describe_pkl(path) -> list:
     return out
 
 def info_lines(path, datadir=None) -> list:
-    "Human-readable summary lines for `cryonb info` (stack, map, star, cs, txt, pkl, pdb/cif)."
+    "Human-readable summary lines for `cryonb info` (stack, map, star, cs, txt, pkl; atomic models: `cryonb.structure`)."
     path = Path(path); ext = path.suffix.lower(); L = [f"{path}"]
     if ext == ".pkl": return L + _describe_pkl(path)
-    if ext in (".pdb", ".cif", ".ent", ".mmcif"):
-        s = read_structure(path)
-        return L + [f"structure: {s.n_models} model(s), {s.n_atoms} atoms, chains {sorted(set(s.chains))}, "
-                    f"residues {s.res_nums.min()}–{s.res_nums.max()}"]
     if ext in (".mrc", ".mrcs", ".map"):
         h = read_mrc_header(path)
         nz, ny, nx = h.shape

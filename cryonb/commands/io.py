@@ -21,9 +21,19 @@ def _info_args(p):
     p.add_argument("files", nargs="+", help="stack, map, star, cs, txt, pkl, pdb or cif files")
     add_datadir(p)
 
+def _structure_lines(path) -> list[str]:
+    "Summary of an atomic model (through `cryonb.structure`, the one reader of PDB/mmCIF)."
+    from cryonb.structure import read_atoms, coarse_grain
+    s = read_atoms(path)
+    cg = coarse_grain(s)
+    return [str(path), f"structure: {s.n_models} model(s), {s.n_atoms} atoms (no H, no water), chains {sorted(set(s.chains))}, "
+                       f"residues {s.resids.min()}–{s.resids.max()}; coarse-grained: {cg.n_res} residues (CA/C1'), "
+                       f"{int(cg.breaks.sum())} chain break(s)"]
+
 def _info_main(a) -> int:
     for f in a.files:
-        print("\n".join(info_lines(f, a.datadir)))
+        is_model = Path(f).suffix.lower() in (".pdb", ".cif", ".ent", ".mmcif")
+        print("\n".join(_structure_lines(f) if is_model else info_lines(f, a.datadir)))
     return 0
 
 info = Command(_info_args, _info_main, "Summarise a stack/map/star/cs/txt/pkl/pdb file: count, box, pixel size, "
