@@ -406,7 +406,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'cryonb.io.read_txt_list': ('io.html#read_txt_list', 'cryonb/io.py'),
                            'cryonb.io.resolve_stack_path': ('io.html#resolve_stack_path', 'cryonb/io.py'),
                            'cryonb.io.star_fields': ('io.html#star_fields', 'cryonb/io.py'),
-                           'cryonb.io.test_data_path': ('io.html#test_data_path', 'cryonb/io.py'),
                            'cryonb.io.write_ctf_pkl': ('io.html#write_ctf_pkl', 'cryonb/io.py'),
                            'cryonb.io.write_map': ('io.html#write_map', 'cryonb/io.py'),
                            'cryonb.io.write_pkl': ('io.html#write_pkl', 'cryonb/io.py'),

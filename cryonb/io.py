@@ -14,12 +14,12 @@ from .core import InputError, atomic_write
 
 # %% auto #0
 __all__ = ['CryoFormatError', 'StackNotFoundError', 'TruncatedFileError', 'MissingColumnError', 'ImageIndexError',
-           'NonSquareImageError', 'UnsafePickleError', 'NonFiniteImageError', 'test_data_path', 'MRCHeader',
-           'read_mrc_header', 'read_stack', 'read_map', 'write_map', 'StackWriter', 'write_stack', 'read_star',
-           'write_star', 'join_optics', 'parse_image_names', 'resolve_stack_path', 'read_cs', 'SafeUnpickler',
-           'read_pkl', 'write_pkl', 'read_poses_pkl', 'write_poses_pkl', 'read_ctf_pkl', 'write_ctf_pkl',
-           'read_ind_pkl', 'read_latents', 'load_checkpoint', 'star_fields', 'cs_fields', 'ParticleMetadata',
-           'read_txt_list', 'load_particles', 'read_images', 'info_lines']
+           'NonSquareImageError', 'UnsafePickleError', 'NonFiniteImageError', 'MRCHeader', 'read_mrc_header',
+           'read_stack', 'read_map', 'write_map', 'StackWriter', 'write_stack', 'read_star', 'write_star',
+           'join_optics', 'parse_image_names', 'resolve_stack_path', 'read_cs', 'SafeUnpickler', 'read_pkl',
+           'write_pkl', 'read_poses_pkl', 'write_poses_pkl', 'read_ctf_pkl', 'write_ctf_pkl', 'read_ind_pkl',
+           'read_latents', 'load_checkpoint', 'star_fields', 'cs_fields', 'ParticleMetadata', 'read_txt_list',
+           'load_particles', 'read_images', 'info_lines']
 
 # %% ../nbs/03_io.ipynb #35a03c17
 class CryoFormatError(InputError):
@@ -46,23 +46,6 @@ class UnsafePickleError(CryoFormatError):
 
 class NonFiniteImageError(CryoFormatError):
     "Images contain NaN or Inf values; the message lists the offending particle indices."
-
-# %% ../nbs/03_io.ipynb #fa013433
-def test_data_path(name: str) -> Path:
-    """Path of the test fixture `tests/data/<name>` (see `tests/data/README.md` for provenance).
-
-    Works from the repository root, from `nbs/`, from `nbs/tutorials/` and from an editable install
-    (searched: the working directory and its two parents, then the package's parent folder).
-    Raises `FileNotFoundError` listing the folders tried."""
-    here = Path.cwd().resolve()
-    import cryonb
-    roots = [here, here.parent, here.parent.parent, Path(cryonb.__file__).resolve().parent.parent]
-    tried = []
-    for r in roots:
-        p = r / "tests" / "data" / name
-        if p.exists(): return p
-        tried.append(str(p))
-    raise FileNotFoundError(f"test fixture {name!r} not found; tried: " + ", ".join(tried))
 
 # %% ../nbs/03_io.ipynb #46fc9c16
 @dataclass

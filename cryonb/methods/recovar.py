@@ -588,7 +588,7 @@ def principal_angles(U1, U2) -> np.ndarray:
         if U.dim() == 4: U = U.reshape(U.shape[0], -1).T
         return torch.linalg.qr(U)[0]
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
-    return np.degrees(np.arccos(sv.cpu().numpy()))[::-1].copy() if False else np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
+    return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
 
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
