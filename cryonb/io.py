@@ -19,7 +19,7 @@ __all__ = ['CryoFormatError', 'StackNotFoundError', 'TruncatedFileError', 'Missi
            'join_optics', 'parse_image_names', 'resolve_stack_path', 'read_cs', 'SafeUnpickler', 'read_pkl',
            'write_pkl', 'read_poses_pkl', 'write_poses_pkl', 'read_ctf_pkl', 'write_ctf_pkl', 'read_ind_pkl',
            'read_latents', 'load_checkpoint', 'star_fields', 'cs_fields', 'ParticleMetadata', 'read_txt_list',
-           'load_particles', 'read_images', 'info_lines']
+           'ParticleSource', 'read_particle_source', 'apply_overrides', 'load_particles', 'read_images', 'info_lines']
 
 # %% ../nbs/03_io.ipynb #35a03c17
 class CryoFormatError(InputError):
@@ -827,127 +827,206 @@ def read_txt_list(path) -> list:
     return out
 
 # %% ../nbs/03_io.ipynb #778f89dc
-def load_particles(path, poses=None, ctf=None, ind=None, datadir=None, apix: float | None = None, D: int | None = None,
-                   abinit: bool = False, hetrefine: bool = False, require_images: bool = True,
-                   ctf_overrides: dict | None = None) -> ParticleMetadata:
-    """Load particle metadata from `.mrcs/.mrc` (a stack), `.star`, `.cs` or `.txt` (stack list).
+@dataclass
+class ParticleSource:
+    """What one particle file says before any override: the stacks (`image_files`, per-particle
+    `file_index`/`image_index`, box `D_img` and pixel size `apix_img` from the MRC headers, `images_found`),
+    the per-particle `fields` of its table (`star_fields`/`cs_fields`: poses, shifts, pixel size, CTF,
+    half-sets, what is missing), and the raw `table`/`optics`/`cs` it came from. Made by `read_particle_source`."""
+    source: str
+    kind: str
+    image_files: list
+    file_index: np.ndarray
+    image_index: np.ndarray
+    D_img: int | None
+    apix_img: float | None
+    images_found: bool
+    fields: dict
+    table: pd.DataFrame | None = None
+    optics: pd.DataFrame | None = None
+    cs: np.ndarray | None = None
+    names: np.ndarray | None = None
+    @property
+    def n(self) -> int: return len(self.image_index)
 
-    `poses`: cryoDRGN pose `.pkl` path or `(rot, trans)`; overrides the file's poses (`trans` is a
-    fraction of the box: shifts_A = trans·D·apix). `ctf`: cryoDRGN CTF `.pkl` path or `(N,9)` array;
-    overrides the file's CTF and gives the pixel size (rescaled to the stack's box, `apix₀·D₀/D`, as
-    cryoDRGN does) unless the caller or the table gives one; the MRC header pixel size comes last. `ind`: 0-based selection (array, or `.pkl`/`.npy` path), applied last.
-    `datadir`: where stacks named in a `.star`/`.cs` live (default: that file's folder).
-    `apix`/`D` override the pixel size (Å) and box. `abinit`/`hetrefine`: cryoSPARC pose flags.
-    `require_images=False` allows metadata-only use when stacks are absent. `ctf_overrides`: dict
-    such as `{"amplitude_contrast": 0.1}` to fill or replace CTF fields.
+def _no_fields(missing) -> dict:
+    return dict(rot=None, shift_px=None, shift_A=None, apix=None, D=None, ctf={}, halfset=None, missing=list(missing))
 
-    Raises `FileNotFoundError`/`StackNotFoundError` (paths tried), `MissingColumnError`,
-    `ImageIndexError`, `NonSquareImageError`, `TruncatedFileError`, `CryoFormatError`."""
-    path = Path(path); src = str(path); ext = path.suffix.lower()
-    if not path.exists(): raise FileNotFoundError(f"{src}: no such file")
-    fields = dict(rot=None, shift_px=None, shift_A=None, apix=None, D=None, ctf={}, halfset=None, missing=[])
-    table = optics = csarr = names = None
-    if ext in (".mrcs", ".mrc"):
-        h = read_mrc_header(path)
-        if h.shape[1] != h.shape[2]:
-            raise NonSquareImageError(f"{src}: images are {h.shape[1]}×{h.shape[2]} (rows×columns); cryonb expects square D×D images")
-        files, fidx, iidx = [src], np.zeros(h.shape[0], np.int64), np.arange(h.shape[0])
-        Dimg, apimg, found = h.shape[2], h.apix, True
-        kind = "mrcs"; fields["missing"] = ["poses", "CTF"]
-    elif ext == ".txt":
-        files = read_txt_list(path)
-        ns, Dimg, apimg = _stack_headers(files, src, True)
-        fidx = np.repeat(np.arange(len(files)), ns); iidx = np.concatenate([np.arange(k) for k in ns])
-        found, kind = True, "txt"; fields["missing"] = ["poses", "CTF"]
-    elif ext == ".star":
-        table, optics = read_star(path)
-        fields = star_fields(table, optics, src, apix)
-        kind = "star"
-        if "rlnImageName" not in table.columns:
-            if require_images:
-                raise MissingColumnError(f"{src}: required column rlnImageName (index@stack) is missing; "
-                                         f"columns present: {list(table.columns)}")
-            iidx, names = np.arange(len(table)), np.array([""] * len(table), dtype=object)
-        else: iidx, names = parse_image_names(table["rlnImageName"], src)
-    elif ext == ".cs":
-        csarr = read_cs(path)
-        fields = cs_fields(csarr, src, apix, abinit, hetrefine)
-        kind = "cs"
-        for fcol in ("blob/path", "blob/idx"):
-            if fcol not in csarr.dtype.names:
-                if require_images: raise MissingColumnError(f"{src}: required field {fcol} is missing; expected blob/path and blob/idx")
-        if "blob/path" in csarr.dtype.names:
-            names, iidx = _cs_str(csarr["blob/path"]), np.asarray(csarr["blob/idx"], np.int64)
-        else: names, iidx = np.array([""] * len(csarr), dtype=object), np.arange(len(csarr))
+def _stack_source(path: Path) -> ParticleSource:
+    "A single `.mrcs`/`.mrc` stack: every image, no poses, no CTF."
+    h = read_mrc_header(path)
+    if h.shape[1] != h.shape[2]:
+        raise NonSquareImageError(f"{path}: images are {h.shape[1]}×{h.shape[2]} (rows×columns); cryonb expects square D×D images")
+    n = h.shape[0]
+    return ParticleSource(str(path), "mrcs", [str(path)], np.zeros(n, np.int64), np.arange(n), h.shape[2], h.apix, True,
+                          _no_fields(["poses", "CTF"]))
+
+def _txt_source(path: Path) -> ParticleSource:
+    "A `.txt` list of stacks, concatenated in order."
+    files = read_txt_list(path)
+    ns, D_img, apix_img = _stack_headers(files, str(path), True)
+    fidx = np.repeat(np.arange(len(files)), ns)
+    iidx = np.concatenate([np.arange(k) for k in ns])
+    return ParticleSource(str(path), "txt", files, fidx, iidx, D_img, apix_img, True, _no_fields(["poses", "CTF"]))
+
+def _located(src: ParticleSource, datadir, require_images: bool) -> ParticleSource:
+    "Resolve the stacks named by a table (`src.names`, `src.image_index`)."
+    if (src.names == "").all():
+        src.image_files, src.file_index, src.D_img, src.apix_img, src.images_found = [], np.full(len(src.names), -1), None, None, False
+        return src
+    files, fidx, D_img, apix_img, found = _locate(src.names, src.image_index, src.source, datadir,
+                                                  str(Path(src.source).parent), require_images)
+    src.image_files, src.file_index, src.D_img, src.apix_img, src.images_found = files, fidx, D_img, apix_img, found
+    return src
+
+def _star_source(path: Path, apix, datadir, require_images: bool) -> ParticleSource:
+    "A RELION STAR file (3.0–5): per-particle fields joined from the optics table, stacks from `rlnImageName`."
+    table, optics = read_star(path)
+    if len(table) == 0: raise CryoFormatError(f"{path}: the particle table is empty")
+    fields = star_fields(table, optics, str(path), apix)
+    if "rlnImageName" in table.columns:
+        iidx, names = parse_image_names(table["rlnImageName"], str(path))
+    elif require_images:
+        raise MissingColumnError(f"{path}: required column rlnImageName (index@stack) is missing; "
+                                 f"columns present: {list(table.columns)}")
     else:
-        raise CryoFormatError(f"{src}: unsupported particle file extension {ext!r}; expected .mrcs, .mrc, .star, .cs or .txt")
-    if names is not None:
-        if (names == "").all(): files, fidx, Dimg, apimg, found = [], np.full(len(names), -1), None, None, False
-        else: files, fidx, Dimg, apimg, found = _locate(names, iidx, src, datadir, str(path.parent), require_images)
-    n_all = len(iidx)
-    # box and pixel size
+        iidx, names = np.arange(len(table)), np.array([""] * len(table), dtype=object)
+    src = ParticleSource(str(path), "star", [], np.zeros(0, np.int64), iidx, None, None, False, fields, table, optics,
+                         names=names)
+    return _located(src, datadir, require_images)
+
+def _cs_source(path: Path, apix, datadir, require_images: bool, abinit: bool, hetrefine: bool) -> ParticleSource:
+    "A cryoSPARC `.cs` file: poses and CTF from its fields, stacks from `blob/path`, `blob/idx`."
+    csarr = read_cs(path)
+    if len(csarr) == 0: raise CryoFormatError(f"{path}: the particle table is empty")
+    fields = cs_fields(csarr, str(path), apix, abinit, hetrefine)
+    have = set(csarr.dtype.names)
+    if require_images and not {"blob/path", "blob/idx"} <= have:
+        missing = sorted({"blob/path", "blob/idx"} - have)
+        raise MissingColumnError(f"{path}: required field {missing[0]} is missing; expected blob/path and blob/idx")
+    if "blob/path" in have:
+        names, iidx = _cs_str(csarr["blob/path"]), np.asarray(csarr["blob/idx"], np.int64)
+    else:
+        names, iidx = np.array([""] * len(csarr), dtype=object), np.arange(len(csarr))
+    src = ParticleSource(str(path), "cs", [], np.zeros(0, np.int64), iidx, None, None, False, fields, cs=csarr, names=names)
+    return _located(src, datadir, require_images)
+
+def read_particle_source(path, datadir=None, apix: float | None = None, abinit: bool = False, hetrefine: bool = False,
+                         require_images: bool = True) -> ParticleSource:
+    """Read one particle file (`.mrcs/.mrc`, `.txt`, `.star`, `.cs`) into a `ParticleSource`, by its extension.
+    Raises `FileNotFoundError`, `CryoFormatError` (unsupported extension, empty table) and the readers' errors."""
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
+    ext = path.suffix.lower()
+    if ext in (".mrcs", ".mrc"): return _stack_source(path)
+    if ext == ".txt": return _txt_source(path)
+    if ext == ".star": return _star_source(path, apix, datadir, require_images)
+    if ext == ".cs": return _cs_source(path, apix, datadir, require_images, abinit, hetrefine)
+    raise CryoFormatError(f"{path}: unsupported particle file extension {ext!r}; expected .mrcs, .mrc, .star, .cs or .txt")
+
+
+# %% ../nbs/03_io.ipynb #88ec333a
+def _selection(ind, n_all: int, src: str):
+    "The 0-based particle selection `ind` (array or `.pkl`/`.npy` path), checked against `n_all`."
+    if ind is None: return None
+    sel = read_ind_pkl(ind) if isinstance(ind, (str, Path)) else _to_numpy(ind).astype(np.int64)
+    if len(sel) and (sel.min() < 0 or sel.max() >= n_all):
+        raise ImageIndexError(f"{ind if isinstance(ind, (str, Path)) else 'ind'}: particle index {int(sel.max())} "
+                              f"outside 0..{n_all - 1} ({src} has {n_all} particles)")
+    return sel
+
+def _matcher(n_all: int, sel, src: str):
+    "Per-particle arrays from a `.pkl`: the full set, or already the selection (expanded to the full set)."
+    def match(a, what):
+        if len(a) == n_all: return a
+        if sel is not None and len(a) == len(sel):
+            full = np.zeros((n_all,) + a.shape[1:], a.dtype)
+            full[sel] = a
+            return full
+        raise CryoFormatError(f"{what}: holds {len(a)} particles; expected {n_all} ({src})"
+                              + (f" or {len(sel)} (the selection)" if sel is not None else ""))
+    return match
+
+def _pose_arrays(poses):
+    "`(rot, trans | None)` from a pose `.pkl` path, a `(rot, trans)` pair or rotations alone."
+    if isinstance(poses, (str, Path)): return read_poses_pkl(poses)
+    if isinstance(poses, (tuple, list)): return _to_numpy(poses[0]), None if poses[1] is None else _to_numpy(poses[1])
+    return _to_numpy(poses), None
+
+def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: float | None = None, D: int | None = None,
+                    ctf_overrides: dict | None = None) -> ParticleMetadata:
+    """The overrides step of `load_particles`: combine a `ParticleSource` with what the caller gives — a pose
+    `.pkl`, a CTF `.pkl`, the pixel size and box, CTF fields — and the selection `ind` (applied last).
+    Pixel size, in order: `apix`/the table's, the CTF `.pkl`'s (rescaled to the stack's box, `apix₀·D₀/D`,
+    as cryoDRGN does), the MRC header's. Raises `CryoFormatError`, `MissingColumnError`, `ImageIndexError`."""
+    src, n_all, fields = ps.source, ps.n, ps.fields
     D_file = fields["D"]
-    Dout = D or Dimg or D_file
-    if D and Dimg and D != Dimg: warnings.warn(f"{src}: D={D} given but the stacks hold {Dimg}×{Dimg} images")
-    if Dimg and D_file and Dimg != D_file and not D:
-        warnings.warn(f"{src}: the table says image size {D_file} but the stacks hold {Dimg}×{Dimg} images; using {Dimg}")
-    ap = fields["apix"]                      # caller or table (STAR/.cs); then CTF .pkl; then MRC header
+    Dout = D or ps.D_img or D_file
+    if D and ps.D_img and D != ps.D_img: warnings.warn(f"{src}: D={D} given but the stacks hold {ps.D_img}×{ps.D_img} images")
+    if ps.D_img and D_file and ps.D_img != D_file and not D:
+        warnings.warn(f"{src}: the table says image size {D_file} but the stacks hold {ps.D_img}×{ps.D_img} images; using {ps.D_img}")
+    ap = fields["apix"]
     if ap is None and apix: ap = np.full(n_all, float(apix))
     shift_px, shift_A = fields["shift_px"], fields["shift_A"]
     rot, ctfv, miss = fields["rot"], dict(fields["ctf"]), list(fields["missing"])
-    sel = None if ind is None else (read_ind_pkl(ind) if isinstance(ind, (str, Path)) else _to_numpy(ind).astype(np.int64))
-    if sel is not None and len(sel) and (sel.min() < 0 or sel.max() >= n_all):
-        raise ImageIndexError(f"{ind if isinstance(ind, (str, Path)) else 'ind'}: particle index {int(sel.max())} "
-                              f"outside 0..{n_all - 1} ({src} has {n_all} particles)")
-    def _match(a, what):             # a per-particle array from a .pkl: full set or already selected
-        if len(a) == n_all: return a
-        if sel is not None and len(a) == len(sel):
-            full = np.zeros((n_all,) + a.shape[1:], a.dtype); full[sel] = a; return full
-        raise CryoFormatError(f"{what}: holds {len(a)} particles; expected {n_all} ({src})"
-                              + (f" or {len(sel)} (the selection)" if sel is not None else ""))
-    # CTF .pkl
+    sel = _selection(ind, n_all, src)
+    match = _matcher(n_all, sel, src)
     if ctf is not None:
         arr = read_ctf_pkl(ctf) if isinstance(ctf, (str, Path)) else _to_numpy(ctf).astype(np.float32)
-        arr = _match(arr.astype(np.float64), str(ctf) if isinstance(ctf, (str, Path)) else "ctf")
+        arr = match(arr.astype(np.float64), str(ctf) if isinstance(ctf, (str, Path)) else "ctf")
         for j, k in enumerate(_CTF_FIELDS[:7]): ctfv[k] = arr[:, 2 + j]
-        ctfv.setdefault("bfactor", np.zeros(n_all)); ctfv.setdefault("scale", np.ones(n_all))
-        if ap is None:
-            D0, a0 = arr[:, 0], arr[:, 1]
-            ap = a0 * D0 / (Dout or D0)       # cryoDRGN: apix rescaled to the stack's box
+        ctfv.setdefault("bfactor", np.zeros(n_all))
+        ctfv.setdefault("scale", np.ones(n_all))
+        if ap is None: ap = arr[:, 1] * arr[:, 0] / (Dout or arr[:, 0])     # cryoDRGN: apix rescaled to the stack's box
         Dout = Dout or int(arr[0, 0])
         miss = [m for m in miss if not (m.startswith("rln") and m in _STAR_CTF.values()) and m != "CTF"]
-    if ap is None and apimg: ap = np.full(n_all, float(apimg))
+    if ap is None and ps.apix_img: ap = np.full(n_all, float(ps.apix_img))
     if shift_A is None and shift_px is not None and ap is not None: shift_A = shift_px * ap[:, None]
     if shift_px is None and shift_A is not None and ap is not None: shift_px = shift_A / ap[:, None]
-    if ctf_overrides:
-        for k, v in ctf_overrides.items():
-            if k not in _CTF_FIELDS: raise ValueError(f"ctf_overrides: unknown CTF field {k!r}; expected one of {_CTF_FIELDS}")
-            if v is not None: ctfv[k] = np.full(n_all, float(v))
-    # pose .pkl
+    for k, v in (ctf_overrides or {}).items():
+        if k not in _CTF_FIELDS: raise InputError(f"ctf_overrides: unknown CTF field {k!r}; expected one of {_CTF_FIELDS}")
+        if v is not None: ctfv[k] = np.full(n_all, float(v))
     if poses is not None:
-        rr, tt = read_poses_pkl(poses) if isinstance(poses, (str, Path)) else (
-            (_to_numpy(poses[0]), None if poses[1] is None else _to_numpy(poses[1])) if isinstance(poses, (tuple, list))
-            else (_to_numpy(poses), None))
+        rr, tt = _pose_arrays(poses)
         what = str(poses) if isinstance(poses, (str, Path)) else "poses"
-        rot = _match(np.asarray(rr, np.float64), what)
-        if tt is None: shift_px = np.zeros((n_all, 2))
+        rot = match(np.asarray(rr, np.float64), what)
+        if tt is None:
+            shift_px = np.zeros((n_all, 2))
         else:
             if Dout is None: raise MissingColumnError(f"{what}: translations are fractions of the box but D is unknown; pass D")
-            shift_px = _match(np.asarray(tt, np.float64), what) * Dout
+            shift_px = match(np.asarray(tt, np.float64), what) * Dout
         shift_A = None if ap is None else shift_px * ap[:, None]
         miss = [m for m in miss if not m.startswith(("Euler", "origins", "poses", "alignments"))]
-    apix_scalar = None
-    if ap is not None:
-        apix_scalar = float(np.median(ap))
     meta = ParticleMetadata(
-        source=src, kind=kind, D=Dout, apix=apix_scalar, image_files=files, file_index=fidx, image_index=iidx,
+        source=src, kind=ps.kind, D=Dout, apix=None if ap is None else float(np.median(ap)), image_files=ps.image_files,
+        file_index=ps.file_index, image_index=ps.image_index,
         rotations=None if rot is None else torch.as_tensor(rot, dtype=torch.float32),
         shifts_A=None if shift_A is None else torch.as_tensor(shift_A, dtype=torch.float32),
         shifts_px=shift_px, ctf_values=ctfv,
         halfset=None if fields["halfset"] is None else torch.as_tensor(fields["halfset"], dtype=torch.int64),
-        apix_per_particle=ap, indices=np.arange(n_all), table=table, optics=optics, cs=csarr, missing=miss,
-        images_found=found, D_file=D_file, stack_names=names)
+        apix_per_particle=ap, indices=np.arange(n_all), table=ps.table, optics=ps.optics, cs=ps.cs, missing=miss,
+        images_found=ps.images_found, D_file=D_file, stack_names=ps.names)
     return meta if sel is None else meta.subset(sel)
+
+def load_particles(path, poses=None, ctf=None, ind=None, datadir=None, apix: float | None = None, D: int | None = None,
+                   abinit: bool = False, hetrefine: bool = False, require_images: bool = True,
+                   ctf_overrides: dict | None = None) -> ParticleMetadata:
+    """Load particle metadata from `.mrcs/.mrc` (a stack), `.star`, `.cs` or `.txt` (stack list):
+    `read_particle_source` (the per-format reader), then `apply_overrides`.
+
+    `poses`: cryoDRGN pose `.pkl` path or `(rot, trans)`; overrides the file's poses (`trans` is a
+    fraction of the box: shifts_A = trans·D·apix). `ctf`: cryoDRGN CTF `.pkl` path or `(N,9)` array;
+    overrides the file's CTF and gives the pixel size unless the caller or the table gives one. `ind`:
+    0-based selection (array, or `.pkl`/`.npy` path), applied last. `datadir`: where stacks named in a
+    `.star`/`.cs` live (default: that file's folder). `apix`/`D` override the pixel size (Å) and box.
+    `abinit`/`hetrefine`: cryoSPARC pose flags. `require_images=False` allows metadata-only use when
+    stacks are absent. `ctf_overrides`: dict such as `{"amplitude_contrast": 0.1}` to fill or replace CTF fields.
+
+    Raises `FileNotFoundError`/`StackNotFoundError` (paths tried), `MissingColumnError`,
+    `ImageIndexError`, `NonSquareImageError`, `TruncatedFileError`, `CryoFormatError` (all but the first
+    two are `core.InputError`s)."""
+    ps = read_particle_source(path, datadir, apix, abinit, hetrefine, require_images)
+    return apply_overrides(ps, poses, ctf, ind, apix, D, ctf_overrides)
 
 # %% ../nbs/03_io.ipynb #79ea4936
 from collections import OrderedDict
