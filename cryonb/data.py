@@ -9,7 +9,8 @@ import torch
 from pathlib import Path
 from torch.utils.data import Dataset, DataLoader, BatchSampler, SequentialSampler, RandomSampler
 from .io import (load_particles, read_images, read_pkl, ParticleMetadata, CryoFormatError,
-                       NonFiniteImageError, StackNotFoundError, ImageIndexError, _to_numpy)
+                       NonFiniteImageError, StackNotFoundError, ImageIndexError)
+from .core import as_numpy
 
 # %% auto #0
 __all__ = ['ParticleDataset', 'collate_particles', 'batch_to', 'ParticleLoader']
@@ -24,7 +25,7 @@ def _read_labels(labels, meta):
         if p.endswith(".npy"): a = np.load(p, allow_pickle=False)
         elif p.endswith(".txt"): a = np.loadtxt(p, ndmin=1)
         else: a = read_pkl(p)
-    else: a = _to_numpy(labels)
+    else: a = as_numpy(labels)
     a = np.asarray(a).reshape(-1)
     if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(a == np.round(a))):
         raise CryoFormatError(f"{what}: expected integer labels; got {a.dtype}")
@@ -112,7 +113,7 @@ class ParticleDataset(Dataset):
 
     def get_batch(self, idx) -> dict:
         "Batch dict for dataset indices `idx` (see class docstring)."
-        idx = np.asarray(_to_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
+        idx = np.asarray(as_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise ImageIndexError(f"{self.meta.source}: dataset index out of range 0..{len(self) - 1}: {idx[(idx >= len(self)) | (idx < -len(self))][:5].tolist()}")
         idx = idx % max(len(self), 1)
@@ -132,7 +133,7 @@ class ParticleDataset(Dataset):
 
     def subset(self, idx) -> "ParticleDataset":
         "A dataset over particles `idx` (indices into this dataset), same downsampling."
-        idx = np.asarray(_to_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        idx = np.asarray(as_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
         return ParticleDataset(meta=self.meta.subset(idx), labels=self.labels[torch.from_numpy(idx)],
                                downsample=self.D if self.D != self.D_orig else None, check_finite=self.check_finite)
 
