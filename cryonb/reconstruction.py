@@ -571,32 +571,6 @@ def _auto_oversampling(n_particles: int, D: int) -> int:
     "Padding factor for `n_particles` (both halves) at box `D`: 2 if each half has ≥ 2·D particles, else 1."
     return 2 if n_particles // 2 >= 2 * D else 1
 
-def _halfsets_for(ds, halfsets: str, seed: int) -> tuple[torch.Tensor | None, str]:
-    src = getattr(ds, "halfset_source", "file")
-    hs = getattr(ds, "halfset", None)
-    if halfsets == "auto":
-        ok = src == "file" and hs is not None and bool((hs >= 0).all()) and bool((hs == 0).any()) and bool((hs == 1).any())
-        halfsets = "data" if ok else "random"
-    if halfsets == "data":
-        if hs is None or src != "file":
-            raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: halfsets='data' but the particles carry no "
-                             "rlnRandomSubset; use halfsets='random'")
-        hs = torch.as_tensor(hs).long()
-        if bool((hs < 0).any()):
-            raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: {int((hs < 0).sum())} particles have no half-set (rlnRandomSubset)")
-        if not (bool((hs == 0).any()) and bool((hs == 1).any())):
-            raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: rlnRandomSubset holds a single half-set; use halfsets='random'")
-        return hs, "data"
-    n = len(ds.halfset) if getattr(ds, "halfset", None) is not None else len(ds)
-    if halfsets == "random":
-        g = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(n, generator=g)
-        hs = torch.zeros(n, dtype=torch.int64); hs[perm[n // 2:]] = 1
-        return hs, "random"
-    if halfsets == "alternate":
-        return torch.arange(n) % 2, "alternate"
-    raise InputError(f"halfsets must be 'auto', 'data', 'random' or 'alternate', got {halfsets!r}")
-
 def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = "auto", seed: int = 0,
                         ctf: bool = True, oversampling: int | str = "auto", regularization="fsc", n_iter: int = 2,
                         invert: bool = False, progress: bool = False) -> dict:
@@ -616,7 +590,8 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     n = len(ds)
     if n < 2: raise InputError(f"reconstruct_dataset: need at least 2 particles, got {n}")
     ov = _auto_oversampling(n, ds.D) if oversampling == "auto" else int(oversampling)
-    hs, how = _halfsets_for(ds, halfsets, seed)
+    from cryonb.data import halfsets as _halfsets
+    hs, how = _halfsets(ds, halfsets, seed)
     dev = get_device(device)
     rec = Reconstructor(ds.D, ds.apix, oversampling=ov, device=dev)
     it = ds.loader(batch_size, device=dev)

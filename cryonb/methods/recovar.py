@@ -14,13 +14,14 @@ from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, 
 from ..core import atomic_write
 from ..io import write_map
 from ..reconstruction import otsu_threshold, soften, sphere_mask
+from ..data import random_halfsets
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic',
-           'white_noise_level', 'estimate_mean', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns',
-           'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult',
-           'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result',
-           'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
+__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
+           'estimate_mean', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns', 'covariance_sketch',
+           'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult', 'principal_angles',
+           'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result', 'load_result', 'load_latents',
+           'source_from_args', 'reconstruct_at', 'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -82,7 +83,7 @@ class ArraySource:
         self.ctf, self.apix = ctf, float(apix)
         if isinstance(ctf, (torch.Tensor, np.ndarray)) and tuple(ctf.shape) != (self.n, self.D, self.D):
             raise InputError(f"ArraySource: CTF images must be ({self.n},{self.D},{self.D}), got {tuple(ctf.shape)}")
-        self.halfset = split_halfsets(self.n, seed) if halfset is None else torch.as_tensor(halfset).long()
+        self.halfset = random_halfsets(self.n, seed) if halfset is None else torch.as_tensor(halfset).long()
         if tuple(self.halfset.shape) != (self.n,) or not bool(((self.halfset == 0) | (self.halfset == 1)).all()):
             raise InputError(f"ArraySource: halfset must be ({self.n},) with values 0/1")
         self.labels = None if labels is None else np.asarray(labels)
@@ -113,7 +114,7 @@ class DatasetSource:
         elif getattr(ds, "halfset_source", None) == "file":
             h = torch.as_tensor(np.asarray(ds.halfset)).long()
             if h.numel() == self.n and len(torch.unique(h)) == 2: hs = (h == h.max()).long()
-        self.halfset = split_halfsets(self.n, seed) if hs is None else hs
+        self.halfset = random_halfsets(self.n, seed) if hs is None else hs
         lab = getattr(ds, "labels", None)
         if lab is not None: self.labels = np.asarray(lab)
 
@@ -132,11 +133,6 @@ def _collate(items):
     out["ctf"] = CTFParams.cat([it["ctf"] for it in items])
     return out
 
-def split_halfsets(n: int, seed: int = 0) -> torch.Tensor:
-    "Seeded random 50/50 split of `n` particles → `(n,)` int64 labels 0/1 (RECOVAR's fallback when no split is given)."
-    g = torch.Generator().manual_seed(seed)
-    h = torch.zeros(n, dtype=torch.long); h[torch.randperm(n, generator=g)[n // 2:]] = 1
-    return h
 
 def prepare_batch(images, rotations, shifts_A, ctf, apix, halfset, index, device):
     """One prepared batch: `y (B,D,D)` complex = centred FT of the images aligned by `+shifts_A`;
