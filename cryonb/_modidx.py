@@ -85,6 +85,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'cryonb.commands.io._parse_pose_args': ('commands/io.html#_parse_pose_args', 'cryonb/commands/io.py'),
                                     'cryonb.commands.io._parse_pose_main': ('commands/io.html#_parse_pose_main', 'cryonb/commands/io.py'),
                                     'cryonb.commands.io._structure_lines': ('commands/io.html#_structure_lines', 'cryonb/commands/io.py'),
+                                    'cryonb.commands.io._table_args': ('commands/io.html#_table_args', 'cryonb/commands/io.py'),
                                     'cryonb.commands.io._write_downsampled_star': ( 'commands/io.html#_write_downsampled_star',
                                                                                     'cryonb/commands/io.py'),
                                     'cryonb.commands.io.downsample_map': ('commands/io.html#downsample_map', 'cryonb/commands/io.py')},
