@@ -161,6 +161,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'cryonb/commands/structure.py'),
                                            'cryonb.commands.structure._center_origin_main': ( 'commands/structure.html#_center_origin_main',
                                                                                               'cryonb/commands/structure.py'),
+                                           'cryonb.commands.structure.center_origin_box': ( 'commands/structure.html#center_origin_box',
+                                                                                            'cryonb/commands/structure.py'),
                                            'cryonb.commands.structure.center_origin_files': ( 'commands/structure.html#center_origin_files',
                                                                                               'cryonb/commands/structure.py')},
             'cryonb.core': { 'cryonb.core.InputError': ('core.html#inputerror', 'cryonb/core.py'),

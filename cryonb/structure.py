@@ -281,6 +281,7 @@ def write_pdb(path, coords, template: AtomArrays | CGModel | None = None, bfacto
     st = atoms_to_structure(X, names, resnames, resids, elements, chains, bfactors)
     opt = gemmi.PdbWriteOptions()
     opt.minimal_file = True
+    opt.cryst1_record = False                       # no unit cell: a CRYST1 of 1 Å would invite symmetry mates
     with atomic_write(path) as tmp:
         st.write_pdb(str(tmp), opt)
     return Path(path)
