@@ -121,7 +121,7 @@ def prepare_volume(volume, oversampling: float = 2) -> VolumeFT:
     y.mul_(sgn[:, None, None]).mul_(sgn[None, :, None]).mul_(sgn)
     return VolumeFT(torch.fft.fftn(y), D, oversampling)
 
-# %% ../nbs/06_projection.ipynb #d248eeec
+# %% ../nbs/06_projection.ipynb #5fbf9d45
 _PLANES = {}
 
 def _plane_points(D, half, device, dtype):
@@ -179,6 +179,7 @@ def _cell(rotations, kx, ky, oversampling, M):
         base = (i0.double() @ torch.tensor([1.0, M, M * M], dtype=torch.float64, device=q.device)).long()
     return base * valid, f, valid
 
+# %% ../nbs/06_projection.ipynb #414e4962
 def _slice_points(grid, rotations, kx, ky, oversampling):
     "Trilinear samples `(B,P)` of the `(M,M,M)` grid at `oversampling·Aᵀ(kx,ky,0)`."
     M = grid.shape[-1]
@@ -226,6 +227,7 @@ def _insert_points(vals, rotations, kx, ky, oversampling, out):
                 g[dz + dy + 1:].index_add_(0, base, vx1)
     return out
 
+# %% ../nbs/06_projection.ipynb #b39c94e7
 def slice_grid(grid: torch.Tensor, rotations: torch.Tensor, D: int, oversampling: float = 2) -> torch.Tensor:
     """Central slices of a centred 3-D Fourier grid by trilinear interpolation.
 
@@ -244,6 +246,7 @@ def slice_grid(grid: torch.Tensor, rotations: torch.Tensor, D: int, oversampling
     kx, ky = _plane_points(D, False, grid.device, rdt)
     return _slice_points(grid, rotations, kx, ky, oversampling).reshape(-1, D, D)
 
+# %% ../nbs/06_projection.ipynb #fbc044f0
 def insert_grid(slices: torch.Tensor, rotations: torch.Tensor, M: int, oversampling: float = 2,
                 out: torch.Tensor | None = None, hermitian: bool = False) -> torch.Tensor:
     """Insert central slices into a 3-D Fourier grid: the exact adjoint of `slice_grid`.
@@ -300,7 +303,7 @@ def hermitian_symmetrize(grid: torch.Tensor) -> torch.Tensor:
         out += grid.flip(0, 1, 2).conj()
     return out
 
-# %% ../nbs/06_projection.ipynb #f60f9103
+# %% ../nbs/06_projection.ipynb #c6a6591f
 def project(vol_ft: VolumeFT, rotations: torch.Tensor) -> torch.Tensor:
     """Fourier-slice projections of a prepared map.
 
@@ -348,6 +351,7 @@ def backproject(images_ft: torch.Tensor, rotations: torch.Tensor, D: int | None 
     _insert_points(_fold_half(images_ft), rotations, kx, ky, oversampling, grid)
     return grid_to_volume(grid, D) * M ** 3
 
+# %% ../nbs/06_projection.ipynb #35062fb0
 def grid_to_volume(grid: torch.Tensor, D: int) -> torch.Tensor:
     """Centred inverse 3-D DFT of an `(M,M,M)` Fourier grid, cropped to the central `(D,D,D)` box and
     divided by the trilinear gridding apodisation `sinc²(x/M)` per axis (real part). With
