@@ -6,17 +6,19 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import InputError
-from .fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift
+from .fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, lowpass_mask, radius_grid
 from .ctf import CTFParams, ctf_2d
 
 # %% auto #0
 __all__ = ['gridding_correction', 'VolumeFT', 'prepare_volume', 'slice_grid', 'insert_grid', 'hermitian_symmetrize', 'project',
            'project_images', 'backproject', 'grid_to_volume', 'backproject_images', 'project_real', 'render_gmm_2d',
-           'render_gmm_3d', 'ImageFormation']
+           'render_gmm_3d', 'render_gmm_2d_ft', 'Potential', 'GaussianPotential', 'MapPotential', 'estimate_f_std',
+           'ImageFormation']
 
 # %% ../nbs/06_projection.ipynb #2fd8164e
 def _as_tensor(x, name):
@@ -412,7 +414,7 @@ def project_real(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         out.append(v.reshape(-1, D, D, D).sum(1))
     return torch.cat(out)
 
-# %% ../nbs/06_projection.ipynb #ffbba3c6
+# %% ../nbs/06_projection.ipynb #39c7a4a4
 def _gauss_factors(mu, sigma, D, apix, cutoff_sigma, integrate):
     "1-D factors `(..., D)` of Gaussians centred at `mu (...)` Å on the pixel-centre grid."
     p = (torch.arange(D, device=mu.device, dtype=mu.dtype) - D // 2) * apix
@@ -431,11 +433,12 @@ def _gauss_factors(mu, sigma, D, apix, cutoff_sigma, integrate):
     return g
 
 def _gmm_args(coords, amplitudes, sigma):
+    "Checked `coords (N,3) | (B,N,3)`, `amplitudes (N,)`, `sigma (N,)` on the coordinates' device and dtype."
     coords = _as_tensor(coords, "coords")
-    if coords.ndim != 2 or coords.shape[-1] != 3:
-        raise InputError(f"coords: expected (N,3) xyz in Å, got {tuple(coords.shape)}")
+    if coords.ndim not in (2, 3) or coords.shape[-1] != 3:
+        raise InputError(f"coords: expected (N,3) or per-image (B,N,3) xyz in Å, got {tuple(coords.shape)}")
     if not coords.is_floating_point(): coords = coords.float()
-    N = coords.shape[0]
+    N = coords.shape[-2]
     amplitudes = _as_tensor(amplitudes, "amplitudes").to(device=coords.device, dtype=coords.dtype)
     if amplitudes.ndim == 0: amplitudes = amplitudes.expand(N)
     if amplitudes.shape != (N,):
@@ -447,39 +450,67 @@ def _gmm_args(coords, amplitudes, sigma):
     if not bool((sigma > 0).all()): raise InputError("sigma: widths must be > 0 Å")
     return coords, amplitudes, sigma
 
-def render_gmm_2d(coords, amplitudes, sigma, rotations, D: int, apix: float, shifts_A=None,
-                  cutoff_sigma: float | None = 5.0, integrate: bool = False) -> torch.Tensor:
-    """Analytic projections `(B,D,D)` of a Gaussian mixture.
-
-    coords: `(N,3)` bead centres xyz in Å (box centre = 0 Å); amplitudes: `(N,)` integrals (e.g.
-    electrons); sigma: scalar or `(N,)` standard deviations in Å; rotations: `(B,3,3)` poses `A`
-    (a bead at `s` lands at `A s`); shifts_A: optional `(B,2)` origins in Å, the projection is
-    shifted by `−origin`; cutoff_sigma: factors beyond this many σ are 0 (None: no cutoff).
-    Pixel value = amplitude per pixel (`Σ image ≈ Σ a`); divide by `apix²` for a surface density.
-    Differentiable wrt coords, amplitudes and sigma. Raises `InputError` on bad shapes."""
-    coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
+def _gmm_poses(coords, rotations, shifts_A):
+    """Rotations `(B,3,3)` (and shifts `(B,2)` Å) on the coordinates' device and dtype; per-image
+    coordinates `(B,N,3)` need `B` poses (one pose is broadcast to all of them)."""
     rotations = _check_rotations(rotations).to(device=coords.device, dtype=coords.dtype)
-    B, N = rotations.shape[0], coords.shape[0]
+    if coords.ndim == 3:
+        Bc, Br = coords.shape[0], rotations.shape[0]
+        if Br == 1 and Bc > 1: rotations = rotations.expand(Bc, 3, 3)
+        elif Bc not in (1, Br):
+            raise InputError(f"coords: {Bc} per-image models for {Br} poses (expected (B,N,3) with B = {Br})")
+    B = rotations.shape[0]
     if shifts_A is not None:
         shifts_A = _as_tensor(shifts_A, "shifts_A").to(device=coords.device, dtype=coords.dtype)
         if shifts_A.shape != (B, 2): raise InputError(f"shifts_A: expected ({B},2) Å, got {tuple(shifts_A.shape)}")
+    return rotations, shifts_A
+
+def _rotated_xy(coords, R, b0, shifts_A):
+    "Image-plane centres `(b,N,2)` Å = `(A s)_xy − origin` for the poses `R (b,3,3)` starting at image `b0`."
+    b = R.shape[0]
+    if coords.ndim == 2:
+        xy = torch.einsum("bij,nj->bni", R[:, :2, :], coords)
+    else:
+        c = coords if coords.shape[0] == 1 else coords[b0:b0 + b]
+        xy = torch.einsum("bij,bnj->bni", R[:, :2, :], c.expand(b, -1, -1))
+    if shifts_A is not None: xy = xy - shifts_A[b0:b0 + b, None, :]
+    return xy
+
+# %% ../nbs/06_projection.ipynb #ea045b41
+def render_gmm_2d(coords, amplitudes, sigma, rotations, D: int, apix: float, shifts_A=None,
+                  cutoff_sigma: float | None = 5.0, integrate: bool = False) -> torch.Tensor:
+    """Analytic real-space projections `(B,D,D)` `[y,x]` of a Gaussian mixture.
+
+    coords: `(N,3)` bead centres xyz in Å (box centre = 0 Å), or `(B,N,3)` — one (deformed) model per
+    image; amplitudes: `(N,)` integrals (e.g. electrons); sigma: scalar or `(N,)` standard deviations
+    in Å; rotations: `(B,3,3)` poses `A` (a bead at `s` lands at `A s`; one pose is broadcast over
+    per-image models); shifts_A: optional `(B,2)` origins in Å, the projection is shifted by
+    `−origin`; cutoff_sigma: factors beyond this many σ are 0 (None: no cutoff); integrate: exact
+    pixel integrals instead of point samples.
+    Pixel value = amplitude per pixel (`Σ image ≈ Σ a`); divide by `apix²` for a surface density.
+    Batched (chunked over images for memory), differentiable wrt coords, amplitudes and sigma.
+    Raises `InputError` on bad shapes or non-rotations. Formula: separable Gaussian projection
+    (cryoSTAR/cryoSPHERE image model, normalised to unit integral per bead)."""
+    coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
+    rotations, shifts_A = _gmm_poses(coords, rotations, shifts_A)
+    B, N = rotations.shape[0], coords.shape[-2]
     n = _chunk(B, N * D, coords.device)
     out = []
     for b0 in range(0, B, n):
-        R = rotations[b0:b0 + n]
-        xy = torch.einsum("bij,nj->bni", R[:, :2, :], coords)       # (b,N,2) = (A s)_xy
-        if shifts_A is not None: xy = xy - shifts_A[b0:b0 + n, None, :]
+        xy = _rotated_xy(coords, rotations[b0:b0 + n], b0, shifts_A)                 # (b,N,2)
         gx = _gauss_factors(xy[..., 0], sigma, D, apix, cutoff_sigma, integrate)   # (b,N,D)
         gy = _gauss_factors(xy[..., 1], sigma, D, apix, cutoff_sigma, integrate) * amplitudes[:, None]
         out.append(torch.bmm(gy.transpose(1, 2).contiguous(), gx))  # (b,D[y],D[x])
     return torch.cat(out) if len(out) > 1 else out[0]
 
+# %% ../nbs/06_projection.ipynb #e24ba01f
 def render_gmm_3d(coords, amplitudes, sigma, D: int, apix: float, cutoff_sigma: float | None = 5.0,
                   integrate: bool = False) -> torch.Tensor:
-    """Analytic map `(D,D,D)` `[z,y,x]` of a Gaussian mixture: voxel value = amplitude per voxel
-    (`Σ map ≈ Σ a`), voxel `i` at `(i − D//2)·apix` Å. Arguments as `render_gmm_2d`.
-    Differentiable; chunked over beads."""
+    """Analytic map `(D,D,D)` `[z,y,x]` of a Gaussian mixture (or maps `(B,D,D,D)` for per-model
+    coordinates `(B,N,3)`): voxel value = amplitude per voxel (`Σ map ≈ Σ a`), voxel `i` at
+    `(i − D//2)·apix` Å. Arguments as `render_gmm_2d`. Differentiable; chunked over beads (and maps)."""
     coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
+    if coords.ndim == 3: return _render_gmm_3d_batch(coords, amplitudes, sigma, D, apix, cutoff_sigma, integrate)
     N = coords.shape[0]
     vol = torch.zeros((D, D * D), device=coords.device, dtype=coords.dtype)
     n = _chunk(N, D * D, coords.device, 1 << 20)
@@ -491,82 +522,215 @@ def render_gmm_3d(coords, amplitudes, sigma, D: int, apix: float, cutoff_sigma: 
         vol = vol + gz.T @ (gy[:, :, None] * gx[:, None, :]).reshape(-1, D * D)
     return vol.reshape(D, D, D)
 
-# %% ../nbs/06_projection.ipynb #5c11e844
-class ImageFormation(torch.nn.Module):
-    """Forward model: pose → projection → CTF → shift by `−origin` → real images `(B,D,D)`.
+def _render_gmm_3d_batch(coords, amplitudes, sigma, D, apix, cutoff_sigma, integrate):
+    "`render_gmm_3d` for `(B,N,3)`: one `bmm` per chunk of maps and beads."
+    B, N = coords.shape[:2]
+    n = _chunk(N, D * D, coords.device, 1 << 20)           # beads per chunk
+    nb = _chunk(B, n * D * D, coords.device, 1 << 22)      # maps per chunk
+    out = []
+    for b0 in range(0, B, nb):
+        vol = coords.new_zeros((min(nb, B - b0), D, D * D))
+        for n0 in range(0, N, n):
+            c, s = coords[b0:b0 + nb, n0:n0 + n], sigma[n0:n0 + n]
+            gx = _gauss_factors(c[..., 0], s, D, apix, cutoff_sigma, integrate)
+            gy = _gauss_factors(c[..., 1], s, D, apix, cutoff_sigma, integrate)
+            gz = _gauss_factors(c[..., 2], s, D, apix, cutoff_sigma, integrate) * amplitudes[n0:n0 + n, None]
+            gyx = (gy[..., :, None] * gx[..., None, :]).reshape(c.shape[0], -1, D * D)
+            vol = vol + torch.bmm(gz.transpose(1, 2), gyx)
+        out.append(vol.reshape(-1, D, D, D))
+    return torch.cat(out) if len(out) > 1 else out[0]
 
-    Give either `volume` (a real `(D,D,D)` map, a `VolumeFT`, or an `nn.Parameter` map, which is
-    then re-prepared at every call so gradients reach it) or a Gaussian model (`coords (N,3)` Å,
-    `amplitudes (N,)`, `sigma` Å; tensors that require grad are kept as given). `D` box size,
-    `apix` Å/pixel, `oversampling` for the map path, `cutoff_sigma`/`integrate` for the Gaussian
-    path. `forward(rotations (B,3,3), shifts_A (B,2) Å | None, ctf: CTFParams | (B,D,D) tensor | None,
-    volume=None, coords=None)` returns real images; `volume`/`coords` override the stored model
-    for one call (e.g. the output of a decoder). Raises `InputError` on mismatched sizes."""
-    def __init__(self, D: int, apix: float, volume=None, coords=None, amplitudes=None, sigma=None,
-                 oversampling: float = 2, cutoff_sigma: float | None = 5.0, integrate: bool = False):
+# %% ../nbs/06_projection.ipynb #9d31af6c
+def _gauss_ft_factors(mu, sigma, f, apix, integrate):
+    """Complex 1-D factors `(..., N, K)`: transforms `exp(−2π²σ²f²)·exp(−2πi f μ)` of unit-integral
+    Gaussians centred at `mu (..., N)` Å, at frequencies `f (K,)` Å⁻¹ (× `sinc(f·apix)` if `integrate`)."""
+    env = torch.exp((-2 * math.pi ** 2) * (sigma[:, None] * f) ** 2)   # (N,K)
+    if integrate: env = env * torch.sinc(f * apix)
+    ph = (-2 * math.pi) * mu[..., None] * f
+    return torch.complex(env * torch.cos(ph), env * torch.sin(ph))
+
+def render_gmm_2d_ft(coords, amplitudes, sigma, rotations, D: int, apix: float, shifts_A=None,
+                     integrate: bool = False) -> torch.Tensor:
+    """Closed-form centred 2-D DFTs `(B,D,D)` complex `[ky,kx]` of Gaussian-mixture projections.
+
+    Arguments as `render_gmm_2d` (`coords (N,3)` or per-image `(B,N,3)` Å, `amplitudes (N,)`,
+    `sigma` Å, `rotations (B,3,3)`, `shifts_A (B,2)` Å moving the image by `−origin`).
+    Returns `F(f) = Σ_n a_n·exp(−2π²σ_n²|f|²)·exp(−2πi f·((A s_n)_xy − origin))` on the image grid
+    `f = (k − D//2)/(D·apix)` Å⁻¹, which equals `fft2c(render_gmm_2d(...))` up to aliasing and box
+    truncation (see above); `ifft2c(F).real` is the (periodic) image. Hermitian by construction.
+    Complex dtype follows the coordinates (complex128 for float64). Differentiable wrt coords,
+    amplitudes, sigma. Raises `InputError` on bad shapes. Formula: Fourier transform of a Gaussian."""
+    coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
+    rotations, shifts_A = _gmm_poses(coords, rotations, shifts_A)
+    B, N = rotations.shape[0], coords.shape[-2]
+    f = (torch.arange(D, device=coords.device, dtype=coords.dtype) - D // 2) / (D * apix)
+    c0 = D // 2
+    n = _chunk(B, 2 * N * D, coords.device)
+    out = []
+    for b0 in range(0, B, n):
+        xy = _rotated_xy(coords, rotations[b0:b0 + n], b0, shifts_A)
+        ex = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)               # (b,N,D)   kx
+        ey = _gauss_ft_factors(xy[..., 1], sigma, f, apix, integrate) * amplitudes[:, None]   # ky
+        top = torch.bmm(ey[..., :c0 + 1].transpose(1, 2), ex)                        # ky ≤ 0: (b,c0+1,D)
+        half = top.reshape(top.shape[0], -1)
+        if D % 2 == 0:   # column kx = −D/2 of the rows ky > 0 (no conjugate partner on the grid)
+            extra = torch.einsum("bnr,bn->br", ey[..., c0 + 1:], ex[..., 0])
+            half = torch.cat([half, extra], 1)
+        out.append(_assemble_half(half, D))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+# %% ../nbs/06_projection.ipynb #812da851
+@runtime_checkable
+class Potential(Protocol):
+    """What `ImageFormation` needs from a scattering potential: `fourier_slice(rotations (B,3,3), D,
+    apix Å, coords=None) -> (B,D,D)` complex centred DFT of the projection (scaled as `fft2c`)."""
+    def fourier_slice(self, rotations: torch.Tensor, D: int, apix: float,
+                      coords: torch.Tensor | None = None) -> torch.Tensor: ...
+
+def _keep(module, name, t):
+    "Store `t` as a parameter (if it is one), a live tensor (if it requires grad) or a buffer copy."
+    if isinstance(t, torch.nn.Parameter): setattr(module, name, t)
+    elif t.requires_grad: setattr(module, name, t)
+    else: module.register_buffer(name, t.detach().clone())
+
+# %% ../nbs/06_projection.ipynb #c02f5531
+class GaussianPotential(torch.nn.Module):
+    """Gaussian-mixture potential: `coords (N,3)` Å (box centre = 0), `amplitudes (N,)`, `sigma`
+    scalar or `(N,)` Å (as `render_gmm_2d`; parameters stay trainable, plain tensors become buffers).
+    method: `"fourier"` (closed form `render_gmm_2d_ft`, no FFT) or `"real"` (`fft2c` of
+    `render_gmm_2d` with `cutoff_sigma`/`integrate`). `coords=` in each method overrides the
+    centres for one call: `(N,3)` or per-image `(B,N,3)`. Raises `InputError` on bad shapes."""
+    def __init__(self, coords, amplitudes, sigma, method: str = "fourier", cutoff_sigma: float | None = 5.0,
+                 integrate: bool = False):
         super().__init__()
-        if (volume is None) == (coords is None):
-            raise InputError("ImageFormation: give exactly one of `volume` or `coords`")
-        self.D, self.apix, self.oversampling = int(D), float(apix), oversampling
-        self.cutoff_sigma, self.integrate = cutoff_sigma, integrate
-        self.volume = None
-        for name in ("grid", "coords", "amplitudes", "sigma"): self.register_buffer(name, None)
-        if volume is not None:
-            if isinstance(volume, VolumeFT):
-                if volume.D != self.D: raise InputError(f"volume: box {volume.D} differs from D={self.D}")
-                self.oversampling = volume.oversampling
-                self.register_buffer("grid", volume.grid)
-            elif isinstance(volume, torch.nn.Parameter):
-                self._check_volume(volume)
-                self.volume = volume
-            else:
-                self._check_volume(volume)
-                self.register_buffer("grid", prepare_volume(volume, oversampling).grid)
+        c, a, s = _gmm_args(coords, amplitudes, sigma)
+        if c.ndim != 2: raise InputError(f"coords: the reference model is (N,3) Å, got {tuple(c.shape)}")
+        if method not in ("fourier", "real"): raise InputError(f"method: expected 'fourier' or 'real', got {method!r}")
+        self.method, self.cutoff_sigma, self.integrate = method, cutoff_sigma, integrate
+        _keep(self, "coords", coords if isinstance(coords, torch.nn.Parameter) else c)
+        _keep(self, "amplitudes", amplitudes if isinstance(amplitudes, torch.nn.Parameter) else a)
+        _keep(self, "sigma", sigma if isinstance(sigma, torch.nn.Parameter) else s)
+
+    def _coords(self, coords):
+        if coords is None: return self.coords
+        coords = _as_tensor(coords, "coords")
+        if coords.ndim not in (2, 3) or tuple(coords.shape[-2:]) != tuple(self.coords.shape):
+            raise InputError(f"coords: expected ({self.coords.shape[0]},3) or (B,{self.coords.shape[0]},3) Å, "
+                             f"got {tuple(coords.shape)}")
+        return coords
+
+    def render(self, rotations, D: int, apix: float, coords=None, shifts_A=None) -> torch.Tensor:
+        "Real-space projections `(B,D,D)` (`render_gmm_2d`)."
+        return render_gmm_2d(self._coords(coords), self.amplitudes, self.sigma, rotations, D, apix, shifts_A,
+                             self.cutoff_sigma, self.integrate)
+
+    def fourier_slice(self, rotations, D: int, apix: float, coords=None) -> torch.Tensor:
+        "Centred DFTs `(B,D,D)` of the projections (closed form or FFT of `render`, per `method`)."
+        if self.method == "real": return fft2c(self.render(rotations, D, apix, coords))
+        return render_gmm_2d_ft(self._coords(coords), self.amplitudes, self.sigma, rotations, D, apix,
+                                integrate=self.integrate)
+
+    def volume(self, D: int, apix: float, coords=None) -> torch.Tensor:
+        "The map `(D,D,D)` (or `(B,D,D,D)`) of the model (`render_gmm_3d`)."
+        return render_gmm_3d(self._coords(coords), self.amplitudes, self.sigma, D, apix, self.cutoff_sigma,
+                             self.integrate)
+
+# %% ../nbs/06_projection.ipynb #6cfd4ba3
+class MapPotential(torch.nn.Module):
+    """Voxel-map potential: `volume` a real `(D,D,D)` map `[z,y,x]` (prepared once), a `VolumeFT`, or an
+    `nn.Parameter` map (re-prepared at every call so gradients reach it); `oversampling` as
+    `prepare_volume`. `fourier_slice` is `project` (Fourier-slice theorem, trilinear). Raises
+    `InputError` for a non-cubic map, a box other than the image's or per-call `coords`."""
+    def __init__(self, volume, oversampling: float = 2):
+        super().__init__()
+        self.volume, self.oversampling = None, oversampling
+        self.register_buffer("grid", None)
+        if isinstance(volume, VolumeFT):
+            self.D, self.oversampling = volume.D, volume.oversampling
+            self.grid = volume.grid
+        elif isinstance(volume, torch.nn.Parameter):
+            if volume.ndim != 3 or len(set(volume.shape)) != 1:
+                raise InputError(f"volume: expected a cubic (D,D,D) map, got shape {tuple(volume.shape)}")
+            self.D, self.volume = volume.shape[0], volume
         else:
-            if amplitudes is None or sigma is None:
-                raise InputError("ImageFormation: a Gaussian model needs `amplitudes` and `sigma`")
-            coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
-            for name, t in (("coords", coords), ("amplitudes", amplitudes), ("sigma", sigma)):
-                if isinstance(t, torch.nn.Parameter): setattr(self, name, t)
-                else: self.register_buffer(name, t.detach().clone() if not t.requires_grad else t)
+            vf = prepare_volume(volume, oversampling)
+            self.D, self.grid = vf.D, vf.grid
 
-    def _check_volume(self, v):
-        if tuple(v.shape) != (self.D,) * 3:
-            raise InputError(f"volume: expected shape {(self.D,) * 3}, got {tuple(v.shape)}")
-
-    @property
-    def device(self):
-        for t in (self.grid, self.volume, self.coords):
-            if t is not None: return t.device
-
-    def forward(self, rotations, shifts_A=None, ctf=None, volume=None, coords=None):
-        dev = self.device
-        rotations = _check_rotations(rotations).to(dev)
-        B, D = rotations.shape[0], self.D
-        if shifts_A is not None:
-            shifts_A = _as_tensor(shifts_A, "shifts_A").to(dev)
-            if tuple(shifts_A.shape) != (B, 2): raise InputError(f"shifts_A: expected ({B},2) Å, got {tuple(shifts_A.shape)}")
-        if ctf is not None:
-            if isinstance(ctf, CTFParams):
-                if len(ctf) != B: raise InputError(f"ctf: {len(ctf)} CTF parameter sets for {B} poses")
-                ctf = ctf_2d(ctf.to(dev), D, self.apix)
-            elif tuple(ctf.shape) != (B, D, D):
-                raise InputError(f"ctf: expected CTFParams or a ({B},{D},{D}) tensor, got {tuple(ctf.shape)}")
-        if coords is not None and self.coords is None:
-            raise InputError("ImageFormation: `coords` given to a map-based model (build it with coords=...)")
-        if self.coords is not None:
-            c = self.coords if coords is None else coords
-            img = render_gmm_2d(c, self.amplitudes, self.sigma, rotations, D, self.apix, shifts_A,
-                                self.cutoff_sigma, self.integrate)
-            if ctf is None: return img
-            return ifft2c(fft2c(img) * ctf.to(dev)).real
-        if volume is not None:
-            self._check_volume(volume); grid = prepare_volume(volume, self.oversampling).grid
-        elif self.volume is not None: grid = prepare_volume(self.volume, self.oversampling).grid
-        else: grid = self.grid
+    def fourier_slice(self, rotations, D: int, apix: float, coords=None) -> torch.Tensor:
+        "Central slices `(B,D,D)` of the map's transform (`project`); `apix` is the map's, unused."
+        if coords is not None: raise InputError("coords: a MapPotential has no bead coordinates to override")
+        if D != self.D: raise InputError(f"D: image box {D} differs from the map's box {self.D}")
+        grid = self.grid if self.volume is None else prepare_volume(self.volume, self.oversampling).grid
         rdt = _real_dtype(grid.dtype)
+        rotations = _check_rotations(rotations).to(device=grid.device, dtype=rdt)
         kx, ky = _plane_points(D, True, grid.device, rdt)
-        ft = _assemble_half(_slice_points(grid, rotations.to(rdt), kx, ky, self.oversampling), D)
-        if ctf is not None: ft = ft * ctf.to(dev)
-        if shifts_A is not None: ft = phase_shift(ft, -shifts_A, self.apix)
-        return ifft2c(ft).real
+        return _assemble_half(_slice_points(grid, rotations, kx, ky, self.oversampling), D)
+
+# %% ../nbs/06_projection.ipynb #bc003f73
+def estimate_f_std(images: torch.Tensor, n: int = 100) -> float:
+    """cryoSTAR/cryoSPHERE's Fourier scale: the standard deviation about 0 (`f_mu = 0`) of the complex
+    centred FFTs `fft2c` of the first `n` images `(B,D,D)`, `sqrt(mean |F|²)` over all pixels (the
+    std of a complex tensor, without Bessel's correction). Raises
+    `InputError` for an empty stack or an all-zero one."""
+    images = _as_tensor(images, "images")
+    if images.ndim != 3 or images.shape[0] == 0: raise InputError(f"images: expected (B,D,D), got {tuple(images.shape)}")
+    X = fft2c(images[:n].to(torch.float64))
+    s = float(X.abs().square().mean().sqrt())
+    if not s > 0: raise InputError("images: the stack is all zeros (f_std would be 0)")
+    return s
+
+class ImageFormation(torch.nn.Module):
+    """Forward model: pose → projection → CTF → shift by `−origin` → low-pass → real images `(B,D,D)`.
+
+    D: box (pixels); apix: Å/pixel; potential: a `Potential` (`GaussianPotential`, `MapPotential`, …)
+    or a map (`(D,D,D)` tensor/array, `VolumeFT`, `nn.Parameter`), wrapped in `MapPotential`;
+    lowpass_A: optional cutoff resolution in Å (None: none), lowpass_soft_px: raised-cosine edge width
+    in Fourier pixels (0: hard edge, as cryoSTAR); f_std: optional fixed scale dividing the images
+    (cryoSTAR/cryoSPHERE, `estimate_f_std`); ctf_sign: +1 (RELION) or −1 (cryoDRGN/cryoSPHERE).
+    `forward(rotations (B,3,3), shifts_A (B,2) Å | None, ctf: CTFParams | (B,D,D) centred tensor | None,
+    coords: (N,3) | (B,N,3) Å | None)`: `coords` overrides the Gaussian centres for this call (a
+    decoder's output). Raises `InputError` on mismatched sizes or bad options."""
+    def __init__(self, D: int, apix: float, potential, lowpass_A: float | None = None,
+                 lowpass_soft_px: float = 0.0, f_std: float | None = None, ctf_sign: float = 1.0):
+        super().__init__()
+        if isinstance(potential, (torch.Tensor, np.ndarray, VolumeFT)): potential = MapPotential(potential)
+        if not callable(getattr(potential, "fourier_slice", None)):
+            raise InputError(f"potential: expected a Potential (fourier_slice) or a map, got {type(potential).__name__}")
+        if getattr(potential, "D", D) != D:
+            raise InputError(f"potential: the map's box {potential.D} differs from the image box D={D}")
+        if f_std is not None and not f_std > 0: raise InputError(f"f_std: expected a scale > 0, got {f_std}")
+        if ctf_sign not in (1, -1): raise InputError(f"ctf_sign: expected +1 or -1, got {ctf_sign}")
+        if lowpass_soft_px < 0: raise InputError(f"lowpass_soft_px: expected >= 0, got {lowpass_soft_px}")
+        self.D, self.apix, self.potential = int(D), float(apix), potential
+        self.f_std, self.ctf_sign = f_std, float(ctf_sign)
+        self.register_buffer("lowpass", None)
+        if lowpass_A is not None:
+            if not lowpass_A > 0: raise InputError(f"lowpass_A: expected a resolution > 0 Å, got {lowpass_A}")
+            self.lowpass = lowpass_mask(self.D, self.apix, lowpass_A, 2, lowpass_soft_px, device="cpu")
+
+    def _ctf(self, ctf, B, device, rdt):
+        if ctf is None: return None
+        if isinstance(ctf, CTFParams):
+            if len(ctf) != B: raise InputError(f"ctf: {len(ctf)} CTF parameter sets for {B} images")
+            ctf = ctf_2d(ctf.to(device), self.D, self.apix)
+        elif tuple(ctf.shape) != (B, self.D, self.D):
+            raise InputError(f"ctf: expected CTFParams or a ({B},{self.D},{self.D}) tensor, got {tuple(ctf.shape)}")
+        ctf = ctf.to(device=device, dtype=rdt)
+        return ctf if self.ctf_sign == 1 else -ctf
+
+    def forward(self, rotations, shifts_A=None, ctf=None, coords=None) -> torch.Tensor:
+        fourier = ctf is not None or shifts_A is not None or self.lowpass is not None
+        if not fourier and getattr(self.potential, "method", None) == "real":
+            img = self.potential.render(rotations, self.D, self.apix, coords)
+        else:
+            ft = self.potential.fourier_slice(rotations, self.D, self.apix, coords)
+            B, dev, rdt = ft.shape[0], ft.device, _real_dtype(ft.dtype)
+            c = self._ctf(ctf, B, dev, rdt)
+            if c is not None: ft = ft * c
+            if shifts_A is not None:
+                shifts_A = _as_tensor(shifts_A, "shifts_A")
+                if tuple(shifts_A.shape) != (B, 2): raise InputError(f"shifts_A: expected ({B},2) Å, got {tuple(shifts_A.shape)}")
+                ft = phase_shift(ft, -shifts_A.to(dev), self.apix)
+            if self.lowpass is not None: ft = ft * self.lowpass.to(device=dev, dtype=rdt)
+            img = ifft2c(ft).real
+        return img if self.f_std is None else img / self.f_std
