@@ -549,43 +549,62 @@ def _gauss_ft_factors(mu, sigma, f, apix, integrate):
     ph = (-2 * math.pi) * mu[..., None] * f
     return torch.complex(env * torch.cos(ph), env * torch.sin(ph))
 
+def _hermitian_complete(top, D, m):
+    """Full centred planes `(b,D,D)` from the rows `ky ≤ 0` of the band `|kx|, |ky| ≤ m` (`top (b,m+1,2m+1)`;
+    `m = D//2` for the whole plane, `top (b,D//2+1,D)`), by `F(−k) = F(k)*` (and, for even `D`, the
+    periodicity of the DFT, `F(ky, −D/2) = F(ky, D/2)`, for the Nyquist column); zeros outside the band."""
+    c0 = D // 2
+    if m >= c0:
+        if D % 2:
+            return torch.cat([top, top[:, :c0].flip(-2, -1).conj()], 1)
+        low = torch.cat([top[:, 1:c0, :1].flip(-2).conj(), top[:, 1:c0, 1:].flip(-2, -1).conj()], 2)
+        return torch.cat([top, low], 1)
+    out = top.new_zeros((top.shape[0], D, D))
+    out[:, c0 - m:c0 + 1, c0 - m:c0 + m + 1] = top
+    out[:, c0 + 1:c0 + m + 1, c0 - m:c0 + m + 1] = top[:, :m].flip(-2, -1).conj()
+    return out
+
 def render_gmm_2d_ft(coords, amplitudes, sigma, rotations, D: int, apix: float, shifts_A=None,
-                     integrate: bool = False) -> torch.Tensor:
+                     integrate: bool = False, band_px: int | None = None) -> torch.Tensor:
     """Closed-form centred 2-D DFTs `(B,D,D)` complex `[ky,kx]` of Gaussian-mixture projections.
 
     Arguments as `render_gmm_2d` (`coords (N,3)` or per-image `(B,N,3)` Å, `amplitudes (N,)`,
     `sigma` Å, `rotations (B,3,3)`, `shifts_A (B,2)` Å moving the image by `−origin`).
     Returns `F(f) = Σ_n a_n·exp(−2π²σ_n²|f|²)·exp(−2πi f·((A s_n)_xy − origin))` on the image grid
     `f = (k − D//2)/(D·apix)` Å⁻¹, which equals `fft2c(render_gmm_2d(...))` up to aliasing and box
-    truncation (see above); `ifft2c(F).real` is the (periodic) image. Hermitian by construction.
-    Complex dtype follows the coordinates (complex128 for float64). Differentiable wrt coords,
-    amplitudes, sigma. Raises `InputError` on bad shapes. Formula: Fourier transform of a Gaussian."""
+    truncation (see above); `ifft2c(F).real` is the (periodic) image. Computed on the half-plane
+    `ky ≤ 0` and completed by Hermitian symmetry (the even-`D` Nyquist column as the DFT of a real image).
+    band_px: if given, only the square `|kx|, |ky| ≤ band_px` Fourier pixels is evaluated and the rest is 0
+    — for a caller that low-passes inside that band anyway (`ImageFormation` with `lowpass_A`); the cost
+    falls as `(2·band_px/D)²`. Complex dtype follows the coordinates (complex128 for float64).
+    Differentiable wrt coords, amplitudes, sigma. Raises `InputError` on bad shapes or a negative band.
+    Formula: Fourier transform of a Gaussian."""
     coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
     rotations, shifts_A = _gmm_poses(coords, rotations, shifts_A)
-    B, N = rotations.shape[0], coords.shape[-2]
-    f = (torch.arange(D, device=coords.device, dtype=coords.dtype) - D // 2) / (D * apix)
-    c0 = D // 2
-    n = _chunk(B, 2 * N * D, coords.device)
+    if band_px is not None and band_px < 0: raise InputError(f"band_px: expected >= 0 Fourier pixels, got {band_px}")
+    B, N, c0 = rotations.shape[0], coords.shape[-2], D // 2
+    m = c0 if band_px is None or band_px >= c0 else int(band_px)     # m = c0: the whole plane
+    k = torch.arange(D, device=coords.device, dtype=coords.dtype) - c0
+    f = (k if m >= c0 else k[c0 - m:c0 + m + 1]) / (D * apix)       # columns kx (Å⁻¹)
+    fy = f[:m + 1]                                                  # rows ky ≤ 0
+    n = _chunk(B, 2 * N * f.shape[0], coords.device)
     out = []
     for b0 in range(0, B, n):
         xy = _rotated_xy(coords, rotations[b0:b0 + n], b0, shifts_A)
-        ex = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)               # (b,N,D)   kx
-        ey = _gauss_ft_factors(xy[..., 1], sigma, f, apix, integrate) * amplitudes[:, None]   # ky
-        top = torch.bmm(ey[..., :c0 + 1].transpose(1, 2), ex)                        # ky ≤ 0: (b,c0+1,D)
-        half = top.reshape(top.shape[0], -1)
-        if D % 2 == 0:   # column kx = −D/2 of the rows ky > 0 (no conjugate partner on the grid)
-            extra = torch.einsum("bnr,bn->br", ey[..., c0 + 1:], ex[..., 0])
-            half = torch.cat([half, extra], 1)
-        out.append(_assemble_half(half, D))
+        ex = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)                         # (b,N,K)
+        ey = _gauss_ft_factors(xy[..., 1], sigma, fy, apix, integrate) * amplitudes[:, None]  # (b,N,m+1)
+        out.append(_hermitian_complete(torch.bmm(ey.transpose(1, 2), ex), D, m))
     return torch.cat(out) if len(out) > 1 else out[0]
 
 # %% ../nbs/06_projection.ipynb #812da851
 @runtime_checkable
 class Potential(Protocol):
     """What `ImageFormation` needs from a scattering potential: `fourier_slice(rotations (B,3,3), D,
-    apix Å, coords=None) -> (B,D,D)` complex centred DFT of the projection (scaled as `fft2c`)."""
-    def fourier_slice(self, rotations: torch.Tensor, D: int, apix: float,
-                      coords: torch.Tensor | None = None) -> torch.Tensor: ...
+    apix Å, coords=None, band_px=None) -> (B,D,D)` complex centred DFT of the projection (scaled as
+    `fft2c`). `coords` overrides bead centres (`(N,3)` or `(B,N,3)`; refused where meaningless);
+    `band_px` is a hint that only `|kx|, |ky| ≤ band_px` Fourier pixels will be used (the rest may be 0)."""
+    def fourier_slice(self, rotations: torch.Tensor, D: int, apix: float, coords: torch.Tensor | None = None,
+                      band_px: int | None = None) -> torch.Tensor: ...
 
 def _keep(module, name, t):
     "Store `t` as a parameter (if it is one), a live tensor (if it requires grad) or a buffer copy."
@@ -624,11 +643,12 @@ class GaussianPotential(torch.nn.Module):
         return render_gmm_2d(self._coords(coords), self.amplitudes, self.sigma, rotations, D, apix, shifts_A,
                              self.cutoff_sigma, self.integrate)
 
-    def fourier_slice(self, rotations, D: int, apix: float, coords=None) -> torch.Tensor:
-        "Centred DFTs `(B,D,D)` of the projections (closed form or FFT of `render`, per `method`)."
+    def fourier_slice(self, rotations, D: int, apix: float, coords=None, band_px=None) -> torch.Tensor:
+        """Centred DFTs `(B,D,D)` of the projections (closed form or FFT of `render`, per `method`);
+        the closed form evaluates only the band `|kx|, |ky| ≤ band_px` if given."""
         if self.method == "real": return fft2c(self.render(rotations, D, apix, coords))
         return render_gmm_2d_ft(self._coords(coords), self.amplitudes, self.sigma, rotations, D, apix,
-                                integrate=self.integrate)
+                                integrate=self.integrate, band_px=band_px)
 
     def volume(self, D: int, apix: float, coords=None) -> torch.Tensor:
         "The map `(D,D,D)` (or `(B,D,D,D)`) of the model (`render_gmm_3d`)."
@@ -656,8 +676,8 @@ class MapPotential(torch.nn.Module):
             vf = prepare_volume(volume, oversampling)
             self.D, self.grid = vf.D, vf.grid
 
-    def fourier_slice(self, rotations, D: int, apix: float, coords=None) -> torch.Tensor:
-        "Central slices `(B,D,D)` of the map's transform (`project`); `apix` is the map's, unused."
+    def fourier_slice(self, rotations, D: int, apix: float, coords=None, band_px=None) -> torch.Tensor:
+        "Central slices `(B,D,D)` of the map's transform (`project`); `apix` (the map's) and `band_px` unused."
         if coords is not None: raise InputError("coords: a MapPotential has no bead coordinates to override")
         if D != self.D: raise InputError(f"D: image box {D} differs from the map's box {self.D}")
         grid = self.grid if self.volume is None else prepare_volume(self.volume, self.oversampling).grid
@@ -678,6 +698,14 @@ def estimate_f_std(images: torch.Tensor, n: int = 100) -> float:
     s = float(X.abs().square().mean().sqrt())
     if not s > 0: raise InputError("images: the stack is all zeros (f_std would be 0)")
     return s
+
+def _shift_ramp(shifts_A, D, apix, dtype):
+    """Phase ramps `(B,D,D)` moving centred image transforms by `+shifts_A (B,2)` Å, as
+    `cryonb.fourier.phase_shift` but separable: `exp(−2πi kx sx)·exp(−2πi ky sy)` (phases in float64)."""
+    f = (torch.arange(D, device=shifts_A.device, dtype=torch.float64) - D // 2) / (D * apix)
+    ph = (-2 * math.pi) * shifts_A.to(torch.float64)[:, :, None] * f         # (B,2,D)
+    r = torch.polar(torch.ones_like(ph), ph).to(dtype)
+    return r[:, 1, :, None] * r[:, 0, None, :]
 
 class ImageFormation(torch.nn.Module):
     """Forward model: pose → projection → CTF → shift by `−origin` → low-pass → real images `(B,D,D)`.
@@ -704,9 +732,11 @@ class ImageFormation(torch.nn.Module):
         self.D, self.apix, self.potential = int(D), float(apix), potential
         self.f_std, self.ctf_sign = f_std, float(ctf_sign)
         self.register_buffer("lowpass", None)
+        self.band_px = None          # Fourier pixels outside the low-pass need not be computed
         if lowpass_A is not None:
             if not lowpass_A > 0: raise InputError(f"lowpass_A: expected a resolution > 0 Å, got {lowpass_A}")
             self.lowpass = lowpass_mask(self.D, self.apix, lowpass_A, 2, lowpass_soft_px, device="cpu")
+            self.band_px = math.ceil(self.D * self.apix / lowpass_A + lowpass_soft_px)
 
     def _ctf(self, ctf, B, device, rdt):
         if ctf is None: return None
@@ -723,14 +753,14 @@ class ImageFormation(torch.nn.Module):
         if not fourier and getattr(self.potential, "method", None) == "real":
             img = self.potential.render(rotations, self.D, self.apix, coords)
         else:
-            ft = self.potential.fourier_slice(rotations, self.D, self.apix, coords)
+            ft = self.potential.fourier_slice(rotations, self.D, self.apix, coords, band_px=self.band_px)
             B, dev, rdt = ft.shape[0], ft.device, _real_dtype(ft.dtype)
             c = self._ctf(ctf, B, dev, rdt)
             if c is not None: ft = ft * c
             if shifts_A is not None:
                 shifts_A = _as_tensor(shifts_A, "shifts_A")
                 if tuple(shifts_A.shape) != (B, 2): raise InputError(f"shifts_A: expected ({B},2) Å, got {tuple(shifts_A.shape)}")
-                ft = phase_shift(ft, -shifts_A.to(dev), self.apix)
+                ft = ft * _shift_ramp(-shifts_A.to(dev), self.D, self.apix, ft.dtype)
             if self.lowpass is not None: ft = ft * self.lowpass.to(device=dev, dtype=rdt)
             img = ifft2c(ft).real
         return img if self.f_std is None else img / self.f_std
