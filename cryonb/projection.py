@@ -542,26 +542,32 @@ def _render_gmm_3d_batch(coords, amplitudes, sigma, D, apix, cutoff_sigma, integ
 
 # %% ../nbs/06_projection.ipynb #9d31af6c
 def _gauss_ft_factors(mu, sigma, f, apix, integrate):
-    """Complex 1-D factors `(..., N, K)`: transforms `exp(−2π²σ²f²)·exp(−2πi f μ)` of unit-integral
-    Gaussians centred at `mu (..., N)` Å, at frequencies `f (K,)` Å⁻¹ (× `sinc(f·apix)` if `integrate`)."""
+    """Real factors `(C, S)`, each `(..., N, K)`: `exp(−2π²σ²f²)·cos(2π f μ)` and `…·sin(2π f μ)` — the
+    transform `C − iS` of unit-integral Gaussians centred at `mu (..., N)` Å at frequencies `f (K,)` Å⁻¹
+    (× `sinc(f·apix)` if `integrate`)."""
     env = torch.exp((-2 * math.pi ** 2) * (sigma[:, None] * f) ** 2)   # (N,K)
     if integrate: env = env * torch.sinc(f * apix)
-    ph = (-2 * math.pi) * mu[..., None] * f
-    return torch.complex(env * torch.cos(ph), env * torch.sin(ph))
+    ph = (2 * math.pi) * mu[..., None] * f
+    return env * torch.cos(ph), env * torch.sin(ph)
 
-def _hermitian_complete(top, D, m):
-    """Full centred planes `(b,D,D)` from the rows `ky ≤ 0` of the band `|kx|, |ky| ≤ m` (`top (b,m+1,2m+1)`;
-    `m = D//2` for the whole plane, `top (b,D//2+1,D)`), by `F(−k) = F(k)*` (and, for even `D`, the
-    periodicity of the DFT, `F(ky, −D/2) = F(ky, D/2)`, for the Nyquist column); zeros outside the band."""
+def _plane_from_quadrant(CC, SS, CS, SC, D, m):
+    """Centred plane `(b,D,D)` of `F = Σ_n (Cy − i·sy·Sy)(Cx − i·sx·Sx)` from the products over beads on
+    the quadrant `ky, kx = 0..m` (`(b,m+1,m+1)` each, `[|ky|, |kx|]`), using that `C` is even and `S` odd
+    in `k`: `F(sy|ky|, sx|kx|) = CC − sy·sx·SS − i(sx·CS + sy·SC)`. `m = D//2`: the whole plane;
+    `m < D//2`: the band `|kx|, |ky| ≤ m`, zeros elsewhere."""
     c0 = D // 2
-    if m >= c0:
-        if D % 2:
-            return torch.cat([top, top[:, :c0].flip(-2, -1).conj()], 1)
-        low = torch.cat([top[:, 1:c0, :1].flip(-2).conj(), top[:, 1:c0, 1:].flip(-2, -1).conj()], 2)
-        return torch.cat([top, low], 1)
-    out = top.new_zeros((top.shape[0], D, D))
-    out[:, c0 - m:c0 + 1, c0 - m:c0 + m + 1] = top
-    out[:, c0 + 1:c0 + m + 1, c0 - m:c0 + m + 1] = top[:, :m].flip(-2, -1).conj()
+    n_neg, n_pos = (c0, D - c0) if m >= c0 else (m, m + 1)
+    same, opp, i_same, i_opp = CC - SS, CC + SS, CS + SC, CS - SC
+
+    def rows(re_neg, im_neg, re_pos, im_pos):      # columns kx < 0 (mirrored), then kx >= 0
+        neg = torch.complex(re_neg[..., 1:n_neg + 1], im_neg[..., 1:n_neg + 1]).flip(-1)
+        return torch.cat([neg, torch.complex(re_pos[..., :n_pos], im_pos[..., :n_pos])], -1)
+    upper = rows(opp, i_opp, same, -i_same)        # ky >= 0
+    lower = rows(same, i_same, opp, -i_opp)        # ky < 0 (mirrored)
+    block = torch.cat([lower[:, 1:n_neg + 1].flip(-2), upper[:, :n_pos]], -2)
+    if m >= c0: return block
+    out = block.new_zeros((block.shape[0], D, D))
+    out[:, c0 - m:c0 + m + 1, c0 - m:c0 + m + 1] = block
     return out
 
 def render_gmm_2d_ft(coords, amplitudes, sigma, rotations, D: int, apix: float, shifts_A=None,
@@ -572,28 +578,28 @@ def render_gmm_2d_ft(coords, amplitudes, sigma, rotations, D: int, apix: float, 
     `sigma` Å, `rotations (B,3,3)`, `shifts_A (B,2)` Å moving the image by `−origin`).
     Returns `F(f) = Σ_n a_n·exp(−2π²σ_n²|f|²)·exp(−2πi f·((A s_n)_xy − origin))` on the image grid
     `f = (k − D//2)/(D·apix)` Å⁻¹, which equals `fft2c(render_gmm_2d(...))` up to aliasing and box
-    truncation (see above); `ifft2c(F).real` is the (periodic) image. Computed on the half-plane
-    `ky ≤ 0` and completed by Hermitian symmetry (the even-`D` Nyquist column as the DFT of a real image).
-    band_px: if given, only the square `|kx|, |ky| ≤ band_px` Fourier pixels is evaluated and the rest is 0
-    — for a caller that low-passes inside that band anyway (`ImageFormation` with `lowpass_A`); the cost
-    falls as `(2·band_px/D)²`. Complex dtype follows the coordinates (complex128 for float64).
-    Differentiable wrt coords, amplitudes, sigma. Raises `InputError` on bad shapes or a negative band.
-    Formula: Fourier transform of a Gaussian."""
+    truncation (see above); `ifft2c(F).real` is the (periodic) image. Four real batched products on
+    the quadrant `kx, ky ≥ 0` (cos and sin parts; the same work as the real-space render), the other
+    quadrants by parity. band_px: if given, only `|kx|, |ky| ≤ band_px` Fourier pixels are evaluated
+    and the rest is 0 — for a caller that low-passes inside that band anyway (`ImageFormation` with
+    `lowpass_A`); the cost falls as `(2·band_px/D)²`. Complex dtype follows the coordinates
+    (complex128 for float64). Differentiable wrt coords, amplitudes, sigma. Raises `InputError` on bad
+    shapes or a negative band. Formula: Fourier transform of a Gaussian."""
     coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
     rotations, shifts_A = _gmm_poses(coords, rotations, shifts_A)
     if band_px is not None and band_px < 0: raise InputError(f"band_px: expected >= 0 Fourier pixels, got {band_px}")
     B, N, c0 = rotations.shape[0], coords.shape[-2], D // 2
     m = c0 if band_px is None or band_px >= c0 else int(band_px)     # m = c0: the whole plane
-    k = torch.arange(D, device=coords.device, dtype=coords.dtype) - c0
-    f = (k if m >= c0 else k[c0 - m:c0 + m + 1]) / (D * apix)       # columns kx (Å⁻¹)
-    fy = f[:m + 1]                                                  # rows ky ≤ 0
-    n = _chunk(B, 2 * N * f.shape[0], coords.device)
+    f = torch.arange(m + 1, device=coords.device, dtype=coords.dtype) / (D * apix)   # |k| = 0..m (Å⁻¹)
+    n = _chunk(B, 4 * N * (m + 1), coords.device)
     out = []
     for b0 in range(0, B, n):
         xy = _rotated_xy(coords, rotations[b0:b0 + n], b0, shifts_A)
-        ex = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)                         # (b,N,K)
-        ey = _gauss_ft_factors(xy[..., 1], sigma, fy, apix, integrate) * amplitudes[:, None]  # (b,N,m+1)
-        out.append(_hermitian_complete(torch.bmm(ey.transpose(1, 2), ex), D, m))
+        cx, sx = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)            # (b,N,m+1)
+        cy, sy = _gauss_ft_factors(xy[..., 1], sigma, f, apix, integrate)
+        cy, sy = (cy * amplitudes[:, None]).transpose(1, 2), (sy * amplitudes[:, None]).transpose(1, 2)
+        prods = (torch.bmm(cy, cx), torch.bmm(sy, sx), torch.bmm(cy, sx), torch.bmm(sy, cx))
+        out.append(_plane_from_quadrant(*prods, D, m))
     return torch.cat(out) if len(out) > 1 else out[0]
 
 # %% ../nbs/06_projection.ipynb #812da851
