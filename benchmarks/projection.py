@@ -278,8 +278,9 @@ def bench_image_formation(D, B, device, repeats):
     ctf = CTFParams(*[torch.full((B,), v) for v in (15000.0, 14000.0, 30.0, 300.0, 2.7, 0.1)]).to(device)
     f_real = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "real")).to(device)
     f_four = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "fourier")).to(device)
-    lp_real = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "real"), lowpass_A=6.0).to(device)
-    lp_four = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "fourier"), lowpass_A=6.0).to(device)
+    lp_real = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "real"), lowpass_A=6.0)
+    lp_four = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "fourier"), lowpass_A=6.0)
+    lp_real, lp_four = lp_real.to(device), lp_four.to(device)
 
     def step(f):
         def run():
@@ -307,7 +308,8 @@ def bench_image_formation(D, B, device, repeats):
     a, b = f_real(R, shifts, ctf), f_four(R, shifts, ctf)
     print(f"  RATIO closed-form / fft-path = {rate['closed-form'] / rate['fft-path']:.2f}x; "
           f"IF fourier / real = {rate['IF-fourier'] / rate['IF-real']:.2f}x (per-image "
-          f"{rate['IF-fourier-per'] / rate['IF-real-per']:.2f}x, with backward {rate['IF-fourier-grad'] / rate['IF-real-grad']:.2f}x); "
+          f"{rate['IF-fourier-per'] / rate['IF-real-per']:.2f}x, "
+          f"with backward {rate['IF-fourier-grad'] / rate['IF-real-grad']:.2f}x); "
           f"images differ by {float((a - b).norm() / b.norm()):.1e} (relative L2)", flush=True)
     print(f"  RATIO with a 6 Å low-pass (band {lp_four.band_px} of {D // 2} Fourier px): fourier / real = "
           f"{rate['IF-fourier-lp6'] / rate['IF-real-lp6']:.2f}x, with backward "

@@ -157,7 +157,8 @@ def test_gmm_render_consistency_and_grad():
     assert corr(P.project_real(vol, R), img).min() > 0.999
     assert ((P.project_images(vol, R) - img).norm() / img.norm()) < 0.02
     c4 = coords[:4].clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda c: P.render_gmm_2d(c, amps[:4], sig[:4], R[:2], 10, apix, cutoff_sigma=None), (c4,))
+    assert torch.autograd.gradcheck(
+        lambda c: P.render_gmm_2d(c, amps[:4], sig[:4], R[:2], 10, apix, cutoff_sigma=None), (c4,))
     assert torch.autograd.gradcheck(lambda c: P.render_gmm_3d(c, amps[:4], sig[:4], 8, apix, cutoff_sigma=None), (c4,))
 
 
@@ -203,7 +204,8 @@ def test_per_image_models_match_brute_force_on_adk():
     x = (np.arange(D) - D // 2) * apix
     c = np.einsum("bij,bnj->bni", R.numpy(), per.numpy())
     d2 = (x[None, None, None, :] - c[:, :, None, None, 0]) ** 2 + (x[None, None, :, None] - c[:, :, None, None, 1]) ** 2
-    brute = np.einsum("n,bnyx->byx", amps.numpy(), np.exp(-d2 / (2 * sigma ** 2))) * apix ** 2 / (2 * np.pi * sigma ** 2)
+    brute = np.einsum("n,bnyx->byx", amps.numpy(), np.exp(-d2 / (2 * sigma ** 2)))
+    brute = brute * apix ** 2 / (2 * np.pi * sigma ** 2)
     img = P.render_gmm_2d(per, amps, sigma, R, D, apix, cutoff_sigma=None)
     np.testing.assert_allclose(img.numpy(), brute, rtol=0, atol=1e-12 * brute.max())
     f = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, sigma, method="real", cutoff_sigma=None))
@@ -354,7 +356,8 @@ def test_gradients_wrt_pose():
     R = rand_rot(1, 21)
     vf = P.prepare_volume(torch.randn(8, 8, 8, dtype=torch.float64))
     w = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda w: P.project(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,), eps=1e-7, atol=1e-4)
+    assert torch.autograd.gradcheck(lambda w: P.project(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,),
+                                    eps=1e-7, atol=1e-4)
     c = torch.tensor([[3.0, -2.0, 1.0], [-1.0, 2.5, 0.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(
         lambda w: P.render_gmm_2d(c, torch.ones(2, dtype=torch.float64), 1.5, roma.rotvec_to_rotmat(w) @ R, 12, 1.0,
