@@ -29,23 +29,7 @@ COMMANDS = {
     "sieve-core": ("cryonb.commands.cryosieve", "sieve_core", "CryoSieve: score particles against half-maps and keep the best"),
     "sieve": ("cryonb.commands.cryosieve", "sieve", "CryoSieve: iterative reconstruct -> sieve driver"),
     "recovar": ("cryonb.commands.recovar", "recovar", "RECOVAR: `recovar pipeline|analyze|compute-state|compute-trajectory`"),
-    "cryostar": ("cryonb.commands.cryostar", "cryostar", "cryoSTAR: `cryostar train-atom|train-density|analyze`"),
-    "cryosphere": ("cryonb.commands.cryosphere", "cryosphere", "cryoSPHERE: `cryosphere train|analyze|structure-to-volume`"),
     "demo": ("cryonb.commands.demo", "demo", "the main job: AdK benchmark, every method, CryoBench scores, report.html"),
-}
-
-# %% ../nbs/40_cli.ipynb #16747c04
-# While the verbs move into cryonb/commands (issue 10), a verb whose Command is not there yet runs its old
-# `cli_<verb>(argv)` function. This table goes away when the move is complete.
-_LEGACY = {
-    "info": ("cryonb.io", "cli_info"), "parse-pose": ("cryonb.io", "cli_parse_pose"),
-    "parse-ctf": ("cryonb.io", "cli_parse_ctf"), "downsample": ("cryonb.io", "cli_downsample"),
-    "backproject": ("cryonb.reconstruction", "cli_backproject"), "reconstruct": ("cryonb.reconstruction", "cli_reconstruct"),
-    "fsc": ("cryonb.reconstruction", "cli_fsc"), "postprocess": ("cryonb.reconstruction", "cli_postprocess"),
-    "analyze": ("cryonb.analysis", "cli_analyze"), "simulate": ("cryonb.simulate", "cli_simulate"),
-    "dataset": ("cryonb.datasets", "cli_dataset"), "cryobench": ("cryonb.cryobench", "cli_cryobench"),
-    "sieve-core": ("cryonb.methods.cryosieve", "cli_sieve_core"), "sieve": ("cryonb.methods.cryosieve", "cli_sieve"),
-    "recovar": ("cryonb.methods.recovar", "cli_recovar"), "demo": ("cryonb.demo", "cli_demo"),
 }
 
 # %% ../nbs/40_cli.ipynb #eb925437
@@ -58,7 +42,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 def _load(verb: str):
-    "The verb's `Command`, or a legacy `cli_<verb>(argv)` function; None when neither is in this build."
+    "The verb's `Command`; None when its module is not in this build (e.g. a method not installed)."
     mod, attr, _ = COMMANDS[verb]
     try:
         return getattr(importlib.import_module(mod), attr)
@@ -66,9 +50,6 @@ def _load(verb: str):
         if e.name != mod: raise
     except AttributeError:
         pass
-    if verb in _LEGACY:
-        mod, attr = _LEGACY[verb]
-        return getattr(importlib.import_module(mod), attr, None)
     return None
 
 def _fail(verb: str, e: BaseException) -> int:
@@ -98,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is None:
         print(f"cryonb {verb}: error: not available in this build ({COMMANDS[verb][0]})", file=sys.stderr); return 2
     try:
-        if callable(cmd) and not hasattr(cmd, "add_args"):   # legacy cli_<verb>(argv)
-            return int(cmd(rest) or 0)
         parser = argparse.ArgumentParser(prog=f"cryonb {verb}", description=cmd.description or COMMANDS[verb][2])
         cmd.add_args(parser)
         try:

@@ -82,11 +82,9 @@ def adk_dims_pdb(path, frames=None) -> Path:
     "Write DIMS `frames` (default: the 33 `subsample_frames` of the npz) as a multi-model PDB via gemmi; returns the path."
     atoms, _ = load_adk_dims()
     frames = np.load(adk_files()["dims"])["subsample_frames"] if frames is None else np.atleast_1d(frames)
-    st = structure.atoms_to_structure(atoms.coords[frames], atoms.names, atoms.resnames, atoms.resids, atoms.elements,
-                                      atoms.chains, 20.0)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    st.write_pdb(str(path))
-    return path
+    sel = structure.AtomArrays(atoms.coords[frames], atoms.names, atoms.resnames, atoms.resids, atoms.chains,
+                               atoms.elements, atoms.bfactors)
+    return structure.write_pdb(path, sel.coords, sel)
 
 # %% ../nbs/09_datasets.ipynb #9476f074
 PRESETS = {

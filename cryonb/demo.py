@@ -4,27 +4,27 @@
 
 # %% ../nbs/41_demo.ipynb #4bca40b1
 from __future__ import annotations
-import argparse, importlib, json, os, pkgutil, subprocess, sys, time
+import importlib, json, os, pkgutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 import numpy as np
+from .core import InputError, atomic_write
 
 # %% auto #0
-__all__ = ['SIZES', 'BUILTIN_METHODS', 'DemoContext', 'DemoMethod', 'register_method', 'run_child', 'step_dataset', 'step_bounds',
-           'score_method', 'available_methods', 'step_file', 'run_demo', 'results_table', 'write_demo_report',
-           'cli_demo']
+__all__ = ['SIZES', 'DemoContext', 'DemoMethod', 'register_method', 'run_child', 'step_dataset', 'step_bounds', 'score_method',
+           'available_methods', 'step_file', 'run_demo', 'results_table', 'write_demo_report']
 
 # %% ../nbs/41_demo.ipynb #f72a73d0
-SIZES = {
-    "tiny": dict(states=4, images_per_state=100, D=32, apix=3.0, snr=1.0, sieve_images=300, recovar_zdims=(2, 4)),
-    "small": dict(states=8, images_per_state=200, D=32, apix=3.0, snr=1.0, sieve_images=800, recovar_zdims=(4, 10)),
-    "full": dict(states=33, images_per_state=1000, D=128, apix=0.75, snr=0.01, sieve_images=20000, recovar_zdims=(4, 10, 20)),
+SIZES = {   # the benchmark dataset; each method keeps its own presets (DEMO_METHODS)
+    "tiny": dict(states=4, images_per_state=100, D=32, apix=3.0, snr=1.0),
+    "small": dict(states=8, images_per_state=200, D=32, apix=3.0, snr=1.0),
+    "full": dict(states=33, images_per_state=1000, D=128, apix=0.75, snr=0.01),
 }
 
 @dataclass
 class DemoContext:
-    "Everything a demo step needs: output folder, size preset, device, seed."
+    "Everything a demo step needs: output folder, size preset, device, seed; helpers for method adapters."
     out: Path
     size: str = "small"
     device: str | None = None
@@ -33,9 +33,17 @@ class DemoContext:
     def params(self) -> dict: return SIZES[self.size]
     @property
     def dataset(self) -> Path: return self.out / "dataset"
-    @property
-    def sieve_dataset(self) -> Path: return self.out / "sieve_dataset"
     def method_dir(self, name: str) -> Path: return self.out / "methods" / name
+    def labels(self) -> np.ndarray:
+        "Ground-truth state of every particle of the benchmark (`dataset/labels.npy`)."
+        return np.load(self.dataset / "labels.npy")
+    def state_latents(self, z) -> np.ndarray:
+        "Per ground-truth state, the image latent nearest to the state's mean latent `(S, zdim)` (CryoBench's protocol)."
+        from cryonb.cryobench import state_latents
+        return np.asarray(state_latents(z, self.labels()).attrs["z"])
+    def stage(self, text: str):
+        "Name the current stage of this step; the parent's progress bar shows it."
+        print(f"[stage] {text}", flush=True)
     def to_json(self) -> str: return json.dumps(dict(out=str(self.out), size=self.size, device=self.device, seed=self.seed))
     @classmethod
     def from_json(cls, s: str) -> "DemoContext":
@@ -43,12 +51,13 @@ class DemoContext:
 
 @dataclass
 class DemoMethod:
-    """A method in the demo: `run(ctx) -> dict` does the work inside the step's child process and
-    returns JSON-able results (for `kind='heterogeneity'`: the keys of `score_method`; for
-    `'sieving'`: its own table). `requires`: module names that must import for the method to run."""
+    """A method in the demo: `run(ctx, params) -> dict` does the work inside the step's child process, with
+    `params = presets[ctx.size]`; for `kind='heterogeneity'` it returns `z` and `volumes` (or `decode`), which
+    the demo scores; for `'sieving'` its own JSON-able table. `requires`: module names that must import."""
     name: str
-    run: Callable[[DemoContext], dict]
+    run: Callable
     kind: str = "heterogeneity"
+    presets: dict = field(default_factory=dict)
     requires: tuple = ()
     description: str = ""
 
@@ -60,14 +69,33 @@ def register_method(method: DemoMethod) -> DemoMethod:
     return method
 
 # %% ../nbs/41_demo.ipynb #0320d4bb
-def run_child(argv: list[str], log_path: Path, env: dict | None = None) -> dict:
+def _last_stage(log_path: Path) -> str | None:
+    "The text of the last `[stage] ...` line of a step's log (None when there is none yet)."
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 8192))
+            lines = [l for l in f.read().decode(errors="replace").splitlines() if l.startswith("[stage] ")]
+    except OSError:
+        return None
+    return lines[-1][8:] if lines else None
+
+def run_child(argv: list[str], log_path: Path, env: dict | None = None, on_stage: Callable | None = None) -> dict:
     """Run `argv` in a child process, output to `log_path`; returns `{returncode, wall_s, peak_mem_MB}`
-    with the child's own peak resident memory (`os.wait4` rusage; Linux reports kB)."""
+    with the child's own peak resident memory (`os.wait4` rusage; Linux reports kB). While it runs,
+    `on_stage(text)` receives each new `[stage] text` line the child prints (`DemoContext.stage`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        _, status, ru = os.wait4(p.pid, 0)
+        shown = None
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid: break
+            stage = _last_stage(log_path) if on_stage else None
+            if stage and stage != shown:
+                on_stage(stage)
+                shown = stage
+            time.sleep(0.2)
         p.returncode = os.waitstatus_to_exitcode(status)
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
     return dict(returncode=p.returncode, wall_s=time.perf_counter() - t0, peak_mem_MB=ru.ru_maxrss * scale)
@@ -95,15 +123,11 @@ def _fsc_summary(res) -> dict:
                 freqs=res.freqs.tolist(), curves=np.asarray(res.curves).tolist())
 
 def step_dataset(ctx: DemoContext) -> dict:
-    "Simulate the AdK-DIMS benchmark (`ctx.dataset`) and its junk-planted copy for CryoSieve (`ctx.sieve_dataset`)."
-    from cryonb.datasets import make_adk_dataset, adk_files
-    from cryonb.simulate import simulate_dataset
+    "Simulate the AdK-DIMS benchmark (`ctx.dataset`) with `cryonb.datasets.make_adk_dataset`."
+    from cryonb.datasets import make_adk_dataset
     p = ctx.params
     make_adk_dataset(ctx.dataset, states=p["states"], images_per_state=p["images_per_state"], D=p["D"], apix=p["apix"],
                      snr=p["snr"], seed=ctx.seed, device=ctx.device)
-    # CryoSieve works on a final, homogeneous stack: closed AdK (1AKE) only, with 25% planted noise-only junk
-    simulate_dataset([adk_files()["closed"]], ctx.sieve_dataset, p["sieve_images"], D=p["D"], apix=p["apix"], snr=p["snr"],
-                     seed=ctx.seed + 1, max_shift_px=2.0, junk_fraction=0.25, junk_kind="noise", device=ctx.device)
     return dict(n_images=p["states"] * p["images_per_state"], **{k: v for k, v in p.items() if not isinstance(v, tuple)})
 
 def step_bounds(ctx: DemoContext) -> dict:
@@ -133,103 +157,27 @@ def score_method(ctx: DemoContext, name: str, z=None, decode=None, volumes=None,
     return out
 
 # %% ../nbs/41_demo.ipynb #aaf70841
-def _cli(argv: list[str]):
-    from cryonb.cli import main
-    print("$ cryonb " + " ".join(map(str, argv)), flush=True)
-    rc = main([str(a) for a in argv])
-    if rc: raise RuntimeError(f"cryonb {argv[0]} exited with {rc}")
-
-def _recovar_run(ctx: DemoContext) -> dict:
-    from cryonb import cryobench as cb
-    from cryonb.io import read_map
-    p, md, ds = ctx.params, ctx.method_dir("RECOVAR"), ctx.dataset
-    zdims = p["recovar_zdims"]
-    argv = ["recovar", "pipeline", ds / "particles.star", "-o", md, "--poses", ds / "pose.pkl", "--ctf", ds / "ctf.pkl",
-            "--zdim", ",".join(map(str, zdims)), "--mask-option", "from_halfmaps"]
-    if ctx.device: argv += ["--device", ctx.device]
-    _cli(argv)
-    zdim = zdims[-1]
-    z = np.load(md / "model" / f"zdim_{zdim}" / "latent_coords.npy")
-    bench = cb.load_benchmark(ds)
-    targets = cb.state_latents(z, bench.labels)          # per GT state: mean latent snapped to the nearest image latent
-    states, pts = targets["state"].to_numpy(), np.asarray(targets.attrs["z"])
-    np.savetxt(md / "state_points.txt", pts)
-    vol_dir = md / "state_maps"
-    _cli(["recovar", "compute-state", md, "-o", vol_dir, "--latent-points", md / "state_points.txt", "--zdim", zdim])
-    vols = sorted(vol_dir.rglob("*.mrc"))
-    vols = [v for v in vols if "half" not in v.name] or vols
-    if len(vols) < len(states): raise RuntimeError(f"compute-state wrote {len(vols)} maps for {len(states)} points in {vol_dir}")
-    maps = [read_map(v)[0] for v in vols[: len(states)]]
-    out = score_method(ctx, "RECOVAR", z=z, volumes=maps, rule="direct")   # map i was computed at state i's latent
-    out["zdim"] = zdim
-    return out
-
-def _cryosieve_run(ctx: DemoContext) -> dict:
-    import pandas as pd, torch
-    from cryonb.data import ParticleDataset
-    from cryonb.reconstruction import reconstruct_dataset
-    from cryonb.fourier import fsc, fsc_resolution, fsc_auc
-    from cryonb.io import read_map, write_map
-    p, md, ds = ctx.params, ctx.method_dir("CryoSieve"), ctx.sieve_dataset
-    md.mkdir(parents=True, exist_ok=True)
-    gt = torch.as_tensor(read_map(ds / "gt_maps" / "state_000.mrc")[0])
-    junk = np.load(ds / "junk.npy").astype(bool)
-
-    def recon(star):
-        r = reconstruct_dataset(ParticleDataset(star, datadir=ds), device=ctx.device, halfsets="data", seed=ctx.seed)
-        h1, h2, m = (torch.as_tensor(r[k]).float().cpu() for k in ("half1", "half2", "map"))
-        f, c = fsc(h1, h2)
-        fg, cg = fsc(m, gt)
-        return h1, h2, dict(res_0143_A=fsc_resolution(f, c, 0.143, p["apix"]), res_05_A=fsc_resolution(f, c, 0.5, p["apix"]),
-                            auc_vs_gt=float(fsc_auc(fg, cg)), fsc_half=c.tolist(), freqs=f.tolist())
-    h1, h2, before = recon(ds / "particles.star")
-    write_map(md / "half1.mrc", h1.numpy(), p["apix"]); write_map(md / "half2.mrc", h2.numpy(), p["apix"])
-    freq_A = max(4 * p["apix"], 2.5 * before["res_05_A"])  # high-pass: ignore what is below ~half the 0.5-FSC resolution
-    argv = ["sieve-core", "--i", ds / "particles.star", "--o", md / "kept.star", "--volume", md / "half1.mrc",
-            "--volume", md / "half2.mrc", "--retention_ratio", 0.8, "--frequency", f"{freq_A:.2f}"]
-    if ctx.device: argv += ["--device", ctx.device]
-    _cli(argv)
-    kept = _star_indices(ds / "particles.star", md / "kept.star")
-    removed = np.setdiff1d(np.arange(len(junk)), kept)
-    tp = int(junk[removed].sum())
-    prec = tp / max(len(removed), 1); rec = tp / max(int(junk.sum()), 1)
-    _, _, after = recon(md / "kept.star")
-    return dict(kind="sieving", n_in=int(len(junk)), n_junk=int(junk.sum()), n_kept=int(len(kept)), n_removed=int(len(removed)),
-                junk_removed=tp, precision=prec, recall=rec, frequency_A=freq_A, before=before, after=after)
-
-def _star_indices(full_star: Path, subset_star: Path) -> np.ndarray:
-    "0-based rows of `full_star` whose `rlnImageName` appear in `subset_star`."
-    import starfile
-    def names(p):
-        d = starfile.read(p, always_dict=True)
-        t = d.get("particles", next(v for k, v in d.items() if k != "optics"))
-        return list(t["rlnImageName"])
-    full, sub = names(full_star), set(names(subset_star))
-    return np.array([i for i, n in enumerate(full) if n in sub], dtype=np.int64)
-
-BUILTIN_METHODS = [
-    DemoMethod("RECOVAR", _recovar_run, requires=("cryonb.methods.recovar",),
-               description="regularized covariance, principal volumes, embeddings, kernel-regression maps (Gilles & Singer, PNAS 2025)"),
-    DemoMethod("CryoSieve", _cryosieve_run, kind="sieving", requires=("cryonb.methods.cryosieve",),
-               description="particle sieving against half-maps (Zhu et al., Nat. Commun. 2023)"),
-]
+def _as_method(entry) -> DemoMethod:
+    "A `DEMO_METHODS` entry (a dict of `DemoMethod` fields, or a `DemoMethod`) as a `DemoMethod`."
+    return entry if isinstance(entry, DemoMethod) else DemoMethod(**entry)
 
 def available_methods() -> list[DemoMethod]:
-    """The built-in adapters whose modules import, any `DEMO_METHODS` found in `cryonb.methods.*`,
-    and methods added with `register_method` (later entries replace earlier ones of the same name)."""
+    """The `DEMO_METHODS` of every `cryonb.methods.*` module that imports (and whose `requires` import), then
+    methods added with `register_method` (later entries replace earlier ones of the same name)."""
     found: dict[str, DemoMethod] = {}
-    for m in BUILTIN_METHODS:
+    import cryonb.methods as pkg
+    for info in pkgutil.iter_modules(pkg.__path__):
         try:
-            for r in m.requires: importlib.import_module(r)
-        except ImportError: continue
-        found[m.name] = m
-    try:
-        import cryonb.methods as pkg
-        for info in pkgutil.iter_modules(pkg.__path__):
-            try: mod = importlib.import_module(f"cryonb.methods.{info.name}")
-            except ImportError: continue
-            for m in getattr(mod, "DEMO_METHODS", []): found[m.name] = m
-    except ImportError: pass
+            mod = importlib.import_module(f"cryonb.methods.{info.name}")
+        except ImportError:
+            continue
+        for entry in getattr(mod, "DEMO_METHODS", []):
+            m = _as_method(entry)
+            try:
+                for r in m.requires: importlib.import_module(r)
+            except ImportError:
+                continue
+            found[m.name] = m
     found.update(_REGISTRY)
     return list(found.values())
 
@@ -244,8 +192,14 @@ def _run_step(name: str, ctx: DemoContext) -> dict:
     if name.startswith("method:"):
         mname = name.split(":", 1)[1]
         m = {m.name: m for m in available_methods()}[mname]
-        return {"kind": m.kind, "description": m.description, **m.run(ctx)}
-    raise ValueError(f"unknown demo step {name!r}")
+        out = m.run(ctx, m.presets.get(ctx.size, {}))
+        if m.kind == "heterogeneity":
+            ctx.stage("scoring with the CryoBench metrics")
+            keys = ("z", "decode", "volumes", "volume_labels", "volume_z", "rule")
+            scores = score_method(ctx, m.name, **{k: out.pop(k) for k in keys if k in out})
+            out = {**scores, **out}
+        return {"kind": m.kind, "description": m.description, **out}
+    raise InputError(f"unknown demo step {name!r}")
 
 def _step_key(ctx: DemoContext) -> str:
     "What a cached step depends on: the preset's parameters, the seed and the package version."
@@ -266,7 +220,7 @@ def run_demo(out="demo_out", size: str = "small", device: str | None = None, see
     `out/steps/STEP.json` (reused on the next run). A failed method is reported, not fatal; a failed
     dataset or bounds step raises `RuntimeError` with the end of its log."""
     from tqdm.auto import tqdm
-    if size not in SIZES: raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
+    if size not in SIZES: raise InputError(f"size must be one of {list(SIZES)}, got {size!r}")
     ctx = DemoContext(Path(out).absolute(), size, device, seed)
     ctx.out.mkdir(parents=True, exist_ok=True)
     meths = [m for m in available_methods() if methods is None or m.name in methods]
@@ -275,6 +229,7 @@ def run_demo(out="demo_out", size: str = "small", device: str | None = None, see
     bar = tqdm(steps, desc="cryonb demo", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
+        show = lambda text, name=name: bar.set_postfix_str(f"{name}: {text}"[:80])
         sf = step_file(ctx, name)
         if sf.exists() and not force:
             rec = json.loads(sf.read_text())
@@ -282,7 +237,7 @@ def run_demo(out="demo_out", size: str = "small", device: str | None = None, see
                 results[name], timings[name] = rec["result"], rec["timing"]; continue
             force = True                         # parameters changed: this step and everything after it are recomputed
         log = ctx.out / "logs" / (name.replace(":", "_") + ".log")
-        t = run_child([sys.executable, "-m", "cryonb.demo", "--step", name, "--ctx", ctx.to_json()], log)
+        t = run_child([sys.executable, "-m", "cryonb.demo", "--step", name, "--ctx", ctx.to_json()], log, on_stage=show)
         if t["returncode"] != 0 or not (ctx.out / "steps" / ".partial" / sf.name).exists():
             if name in ("dataset", "bounds"):
                 raise RuntimeError(f"demo step {name} failed (exit {t['returncode']}); end of {log}:\n{_tail(log)}")
@@ -292,19 +247,21 @@ def run_demo(out="demo_out", size: str = "small", device: str | None = None, see
         part = ctx.out / "steps" / ".partial" / sf.name
         rec = dict(result=json.loads(part.read_text()), timing=t, key=_step_key(ctx))
         sf.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sf.with_suffix(".tmp"); tmp.write_text(json.dumps(rec)); os.replace(tmp, sf); part.unlink()
+        with atomic_write(sf) as tmp:
+            tmp.write_text(json.dumps(rec))
+        part.unlink()
         results[name], timings[name] = rec["result"], t
     return write_demo_report(ctx, results, timings)
 
 def _child_main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m cryonb.demo")
-    ap.add_argument("--step", required=True); ap.add_argument("--ctx", required=True)
-    a = ap.parse_args(argv)
-    ctx = DemoContext.from_json(a.ctx)
-    res = _run_step(a.step, ctx)
-    part = ctx.out / "steps" / ".partial" / (a.step.replace(":", "_") + ".json")
-    part.parent.mkdir(parents=True, exist_ok=True)
-    part.write_text(json.dumps(_jsonable(res)))
+    "`python -m cryonb.demo --step NAME --ctx JSON`: run one step and write its result to `steps/.partial/` atomically."
+    argv = sys.argv[1:] if argv is None else argv
+    opts = dict(zip(argv[::2], argv[1::2]))
+    ctx = DemoContext.from_json(opts["--ctx"])
+    res = _run_step(opts["--step"], ctx)
+    part = ctx.out / "steps" / ".partial" / (opts["--step"].replace(":", "_") + ".json")
+    with atomic_write(part) as tmp:
+        tmp.write_text(json.dumps(_jsonable(res)))
 
 # %% ../nbs/41_demo.ipynb #533cd59f
 def _fmt_pm(m, s): return f"{m:.3f} ± {s:.3f}"
@@ -389,23 +346,6 @@ def write_demo_report(ctx: DemoContext, results: dict, timings: dict) -> Path:
             rep.add_heading(f"{name}: failed", 3); rep.add_text(f"exit: {r['error']}; log: {r.get('log')}\n\n{r.get('log_tail', '')}")
     rep.add_params({k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in timings.items()}, caption="Step timings (wall s, peak MB)")
     return rep.write(ctx.out / "report.html")
-
-# %% ../nbs/41_demo.ipynb #84f2b69f
-def cli_demo(argv: list[str] | None = None) -> int:
-    "`cryonb demo [-o DIR] [--size tiny|small|full] [--device D] [--seed S] [--methods A,B] [--force]`: the main job."
-    ap = argparse.ArgumentParser(prog="cryonb demo", description="Build the AdK benchmark from the embedded real structures, run every "
-                                 "method, score them with the CryoBench metrics and write DIR/report.html.")
-    ap.add_argument("-o", "--out", default="demo_out", help="output folder (default demo_out)")
-    ap.add_argument("--size", default="small", choices=list(SIZES), help="small: < 10 min on a 2-core CPU (default); full: CryoBench-like")
-    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default=None, help="comma-separated method names (default: all available)")
-    ap.add_argument("--force", action="store_true", help="recompute finished steps")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    rep = run_demo(a.out, a.size, a.device, a.seed, a.methods.split(",") if a.methods else None, force=a.force)
-    print(f"cryonb demo: report written to {rep} ({time.perf_counter() - t0:.0f} s)")
-    return 0
 
 # %% ../nbs/41_demo.ipynb #a529f468
 if __name__ == "__main__" and "__file__" in globals(): _child_main()   # `python -m cryonb.demo --step ...` (not in a notebook)

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import gemmi
 from .fourier import downsample
+from .core import InputError, atomic_write
 
 # %% auto #0
 __all__ = ['AtomArrays', 'read_atoms', 'atomic_numbers', 'CGModel', 'coarse_grain', 'from_pdb', 'kabsch_rmsd', 'center_coords',
-           'to_box_frame', 'from_box_frame', 'atoms_to_structure', 'write_cg_pdb', 'potential_map']
+           'to_box_frame', 'from_box_frame', 'atoms_to_structure', 'write_pdb', 'potential_map']
 
 # %% ../nbs/05_structure.ipynb #ee4e1f04
 _STRING_FIELDS = ("names", "resnames", "chains", "elements")
@@ -41,23 +42,27 @@ def _open_structure(path_or_st) -> gemmi.Structure:
     p = Path(path_or_st)
     if not p.exists(): raise FileNotFoundError(f"structure file not found: {p}")
     try: st = gemmi.read_structure(str(p))
-    except Exception as e: raise ValueError(f"{p}: gemmi could not read it as PDB/mmCIF ({e})") from e
-    if len(st) == 0: raise ValueError(f"{p}: no models in file")
+    except Exception as e: raise InputError(f"{p}: gemmi could not read it as PDB/mmCIF ({e})") from None
+    if len(st) == 0: raise InputError(f"{p}: no models in file")
     return st
 
 
-def read_atoms(path_or_structure, include_hydrogens: bool = False) -> AtomArrays:
-    """Read every model of a PDB/mmCIF file (or a `gemmi.Structure`) into `AtomArrays`.
+def read_atoms(path_or_structure, include_hydrogens: bool = False, include_water: bool = False) -> AtomArrays:
+    """Read every model of a PDB/mmCIF file (or a `gemmi.Structure`) into `AtomArrays` — the one reader of
+    atomic models in cryonb.
 
-    Returns coordinates `(n_models, n_atoms, 3)` float32 in Å (file frame). Hydrogens are dropped
-    unless `include_hydrogens`. Alternate conformations: only the first is kept (gemmi
-    `remove_alternative_conformations`).
-    Raises `FileNotFoundError` for a missing file, `ValueError` when gemmi cannot read it, when it has
-    no atoms, or when the models of a multi-model file do not hold the same atoms (names/residues)."""
+    Returns coordinates `(n_models, n_atoms, 3)` float32 in Å (file frame). The one default: hydrogens
+    and waters are dropped (`include_hydrogens`, `include_water` keep them); alternate conformations:
+    only the first is kept (gemmi `remove_alternative_conformations`).
+    Raises `FileNotFoundError` for a missing file, `InputError` when gemmi cannot read it, when it has
+    no atoms, when a coordinate is NaN/Inf (naming the atoms), or when the models of a multi-model file
+    do not hold the same atoms (names/residues)."""
     st = _open_structure(path_or_structure)
     src = getattr(path_or_structure, "name", None) or str(path_or_structure)
     st = st.clone(); st.remove_alternative_conformations()
     if not include_hydrogens: st.remove_hydrogens()
+    if not include_water: st.remove_waters()
+    st.remove_empty_chains()
     models, meta0 = [], None
     for mi, model in enumerate(st):
         xyz, meta = [], []
@@ -66,23 +71,28 @@ def read_atoms(path_or_structure, include_hydrogens: bool = False) -> AtomArrays
                 for at in res:
                     xyz.append((at.pos.x, at.pos.y, at.pos.z))
                     meta.append((at.name, res.name, res.seqid.num, ch.name, at.element.name, at.b_iso))
-        if not xyz: raise ValueError(f"{src}: model {mi} has no atoms")
+        if not xyz: raise InputError(f"{src}: model {mi} has no atoms")
         if meta0 is None: meta0 = meta
         elif [m[:4] for m in meta] != [m[:4] for m in meta0]:
-            raise ValueError(f"{src}: model {mi} does not hold the same atoms as model 0 "
+            raise InputError(f"{src}: model {mi} does not hold the same atoms as model 0 "
                              f"({len(meta)} vs {len(meta0)} atoms); expected a trajectory-like multi-model file")
         models.append(np.asarray(xyz, dtype=np.float32))
     names, resnames, resids, chains, elements, b = zip(*meta0)
-    return AtomArrays(np.stack(models), np.array(names), np.array(resnames), np.array(resids, dtype=np.int64),
+    coords = np.stack(models)
+    bad = np.flatnonzero(~np.isfinite(coords).all(axis=(0, 2)))
+    if len(bad):
+        where = ", ".join(f"{names[i]} {resnames[i]} {chains[i]}{resids[i]}" for i in bad[:5])
+        raise InputError(f"{src}: {len(bad)} atom(s) have NaN/Inf coordinates (atoms {bad[:5].tolist()}: {where})")
+    return AtomArrays(coords, np.array(names), np.array(resnames), np.array(resids, dtype=np.int64),
                       np.array(chains), np.array(elements), np.array(b, dtype=np.float32))
 
 # %% ../nbs/05_structure.ipynb #f84ff1a2
 def atomic_numbers(elements) -> np.ndarray:
-    "Atomic numbers `(n,)` int of element symbols (gemmi's periodic table); raises `ValueError` for an unknown symbol."
+    "Atomic numbers `(n,)` int of element symbols (gemmi's periodic table); raises `InputError` for an unknown symbol."
     els = np.asarray(elements)
     uniq, inv = np.unique(els, return_inverse=True)
     z = np.array([gemmi.Element(str(e)).atomic_number for e in uniq], dtype=np.int64)
-    if (z == 0).any(): raise ValueError(f"unknown element symbol(s): {list(uniq[z == 0])}")
+    if (z == 0).any(): raise InputError(f"unknown element symbol(s): {list(uniq[z == 0])}")
     return z[inv].reshape(els.shape)
 
 
@@ -92,7 +102,9 @@ class CGModel:
 
     `coords (n_models, n_res, 3)` float32 tensor in Å (xyz); `amplitudes (n_res,)` electrons per
     residue; `sigma` the Gaussian width in Å (cryoSTAR uses 2 Å); `resnames`, `resids`, `chains`
-    `(n_res,)` arrays and `atom_names` (`'CA'` or `"C1'"`) for writing PDBs."""
+    `(n_res,)` arrays and `atom_names` (`'CA'` or `"C1'"`) for writing PDBs. `chain_index (n_res,)` numbers
+    the chains in file order and `breaks (n_res-1,)` marks the consecutive residues that are not bonded
+    (another chain, or residue numbers that do not follow: a gap) — what continuity restraints skip."""
     coords: torch.Tensor
     amplitudes: torch.Tensor
     resnames: np.ndarray
@@ -106,6 +118,18 @@ class CGModel:
     @property
     def n_res(self) -> int: return self.coords.shape[1]
     def __len__(self): return self.n_models
+    @property
+    def chain_index(self) -> np.ndarray:
+        "Chain number `(n_res,)` int, 0 for the first chain in file order."
+        ch = np.asarray(self.chains).astype(str)
+        _, first, inv = np.unique(ch, return_index=True, return_inverse=True)
+        return np.argsort(np.argsort(first))[inv.ravel()]
+    @property
+    def breaks(self) -> np.ndarray:
+        "`(n_res-1,)` bool: True where residues i and i+1 are in different chains or `|Δresid| ≠ 1`."
+        ch = np.asarray(self.chains).astype(str)
+        rid = np.asarray(self.resids).astype(np.int64)
+        return (ch[1:] != ch[:-1]) | (np.abs(np.diff(rid)) != 1)
 
     def select(self, models) -> "CGModel":
         "A new model holding only `models` (int, slice or index array) of the ensemble."
@@ -119,8 +143,8 @@ class CGModel:
         return CGModel(c, self.amplitudes, self.resnames, self.resids, self.chains, self.atom_names, self.sigma)
 
     def to_pdb(self, path, bfactors=None):
-        "Write the ensemble as a multi-model CA/C1' trace PDB (see `write_cg_pdb`)."
-        return write_cg_pdb(path, self.coords, self, bfactors=bfactors)
+        "Write the ensemble as a multi-model CA/C1' trace PDB (see `write_pdb`)."
+        return write_pdb(path, self.coords, self, bfactors=bfactors)
 
 
 def coarse_grain(atoms: AtomArrays, include_hydrogens: bool = False, sigma: float = 2.0) -> CGModel:
@@ -128,7 +152,8 @@ def coarse_grain(atoms: AtomArrays, include_hydrogens: bool = False, sigma: floa
 
     Amplitude of a residue = sum of the atomic numbers of its atoms (hydrogens excluded unless
     `include_hydrogens`), as in cryoSTAR's `polymer.py`. Residues are keyed by (chain, resid) and kept
-    in file order. Raises `ValueError` when no residue has a CA or C1' atom."""
+    in file order. The representative atom is named `CA` **and** is a carbon (a calcium ion named `CA` is not),
+    or `C1'`. Raises `InputError` when no residue has a CA or C1' atom."""
     keep = np.ones(atoms.n_atoms, bool) if include_hydrogens else ~np.isin(atoms.elements, ["H", "D"])
     key = np.char.add(np.char.add(atoms.chains.astype(str), "\x00"), atoms.resids.astype(str))
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
@@ -143,7 +168,7 @@ def coarse_grain(atoms: AtomArrays, include_hydrogens: bool = False, sigma: floa
     idx = np.nonzero(is_rep)[0]
     rep_atom[res_of_atom[idx[::-1]]] = idx[::-1]    # first representative atom of each residue
     ok = rep_atom >= 0
-    if not ok.any(): raise ValueError("no residue has a CA or C1' atom: not a protein/nucleic-acid model")
+    if not ok.any(): raise InputError("no residue has a CA or C1' atom: not a protein/nucleic-acid model")
     ra = rep_atom[ok]
     return CGModel(torch.as_tensor(atoms.coords[:, ra], dtype=torch.float32),
                    torch.as_tensor(amp[ok], dtype=torch.float32),
@@ -154,13 +179,13 @@ def from_pdb(path, model=None, include_hydrogens: bool = False, sigma: float = 2
     """Coarse-grained model of a PDB/mmCIF file: `coords (n_models, n_res, 3)` Å in the file's frame.
 
     `model=None` keeps every model of a multi-model file (one state per model); an int (0-based)
-    or a list keeps those. Raises `FileNotFoundError`/`ValueError` as `read_atoms` and `coarse_grain`,
-    and `IndexError` naming the file when `model` is out of range."""
+    or a list keeps those. Raises `FileNotFoundError`/`InputError` as `read_atoms` and `coarse_grain`,
+    and `InputError` naming the file when `model` is out of range."""
     cg = coarse_grain(read_atoms(path, include_hydrogens), include_hydrogens, sigma)
     if model is None: return cg
     sel = np.atleast_1d(model)
     if sel.min() < -cg.n_models or sel.max() >= cg.n_models:
-        raise IndexError(f"{path}: model {model} out of range (file has {cg.n_models} models)")
+        raise InputError(f"{path}: model {model} out of range (file has {cg.n_models} models)")
     return cg.select(sel)
 
 # %% ../nbs/05_structure.ipynb #8b487a5b
@@ -199,38 +224,66 @@ def from_box_frame(coords, D: int, apix: float):
 
 # %% ../nbs/05_structure.ipynb #984cac06
 def atoms_to_structure(coords, names, resnames, resids, elements, chains=None, bfactors=None) -> gemmi.Structure:
-    """A `gemmi.Structure` with one model per leading index of `coords (n_models, n_atoms, 3)` Å
-    (or `(n_atoms, 3)`). `bfactors` per atom (Å², default 0) or a scalar."""
-    coords = np.asarray(torch.as_tensor(coords).detach().cpu(), dtype=np.float64)
-    if coords.ndim == 2: coords = coords[None]
-    n = coords.shape[1]
+    """A `gemmi.Structure` with one model per leading index of `coords (n_models, n_atoms, 3)` Å (or
+    `(n_atoms, 3)`, array or tensor) and one entry per atom in `names`, `resnames`, `resids`, `elements`,
+    `chains` (default `A`) and `bfactors` (Å², per atom or a scalar, default 0). A new residue starts where
+    the (number, name) pair changes, a new chain where the chain ID changes. Raises `InputError` when a
+    per-atom array's length differs from the number of atoms."""
+    X = np.asarray(torch.as_tensor(coords).detach().cpu(), dtype=np.float64)
+    if X.ndim == 2: X = X[None]
+    if X.ndim != 3 or X.shape[-1] != 3: raise InputError(f"coordinates of shape {X.shape}; expected (n_models, n_atoms, 3)")
+    n = X.shape[1]
     chains = np.full(n, "A") if chains is None else np.asarray(chains)
     b = np.broadcast_to(np.asarray(0.0 if bfactors is None else bfactors, dtype=np.float64), (n,))
     for nm, arr in dict(names=names, resnames=resnames, resids=resids, elements=elements, chains=chains).items():
-        if len(arr) != n: raise ValueError(f"atoms_to_structure: {nm} has {len(arr)} entries, coords have {n} atoms")
-    from cryonb.io import gemmi_structure
-    return gemmi_structure(coords, names, resnames, resids, elements, chains, b)
+        if len(arr) != n: raise InputError(f"atoms_to_structure: {nm} has {len(arr)} entries, coords have {n} atoms")
+    st = gemmi.Structure()
+    for m in range(X.shape[0]):
+        model = gemmi.Model(m + 1)
+        chain, res, last = None, None, None
+        for i in range(n):                      # gemmi adds atoms one at a time (no batched API)
+            if chain is None or chain.name != chains[i]:
+                model.add_chain(gemmi.Chain(str(chains[i])))
+                chain, last = model[len(model) - 1], None
+            key = (int(resids[i]), str(resnames[i]))
+            if key != last:
+                r = gemmi.Residue()
+                r.name, r.seqid, r.het_flag = key[1], gemmi.SeqId(key[0], " "), "A"
+                chain.add_residue(r)
+                res, last = chain[len(chain) - 1], key
+            a = gemmi.Atom()
+            a.name, a.element = str(names[i]), gemmi.Element(str(elements[i]))
+            a.pos, a.occ, a.b_iso = gemmi.Position(*X[m, i]), 1.0, float(b[i])
+            res.add_atom(a)
+        st.add_model(model)
+    st.setup_entities()
+    return st
 
-
-def write_cg_pdb(path, coords, model: CGModel | None = None, bfactors=None) -> Path:
-    """Write coarse-grained coordinates `(n_models, n_res, 3)` or `(n_res, 3)` Å as a multi-model
-    CA/C1'-trace PDB via gemmi. Residue names/numbers/chains come from `model` (a `CGModel`), else
-    `ALA`, 1…n, chain A. `bfactors (n_res,)` fills the B column (e.g. per-residue motion). Returns the path."""
-    coords = torch.as_tensor(coords).detach().cpu()
-    if coords.ndim == 2: coords = coords[None]
-    n = coords.shape[1]
-    if model is not None and model.n_res != n:
-        raise ValueError(f"write_cg_pdb: coords have {n} residues, the template model {model.n_res}")
-    resnames = model.resnames if model is not None else np.full(n, "ALA")
-    resids = model.resids if model is not None else np.arange(1, n + 1)
-    chains = model.chains if model is not None else np.full(n, "A")
-    names = model.atom_names if model is not None else np.full(n, "CA")
-    elements = np.full(n, "C")                      # CA and C1' are both carbon
-    st = atoms_to_structure(coords, names, resnames, resids, elements, chains, bfactors)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    opt = gemmi.PdbWriteOptions(); opt.minimal_file = True
-    st.write_pdb(str(path), opt)
-    return path
+def write_pdb(path, coords, template: AtomArrays | CGModel | None = None, bfactors=None) -> Path:
+    """Write `(n_atoms, 3)` or `(n_models, n_atoms, 3)` coordinates (Å, array or tensor) as a PDB with one
+    MODEL per conformation — the one PDB writer of cryonb, atomic (temporary file + rename). Atom
+    identities come from `template`: `AtomArrays` (all atoms), `CGModel` (a CA/C1' trace; elements C), or
+    None (CA atoms of ALA 1..n in chain A). `bfactors (n_atoms,)` fills the B column (e.g. per-residue
+    motion; default the template's, else 0). Raises `InputError` when the atom counts differ."""
+    X = torch.as_tensor(coords).detach().cpu()
+    if X.ndim == 2: X = X[None]
+    n = X.shape[1]
+    if isinstance(template, CGModel):
+        if template.n_res != n: raise InputError(f"{path}: coords have {n} residues, the template model {template.n_res}")
+        names, resnames, resids, chains = template.atom_names, template.resnames, template.resids, template.chains
+        elements = np.full(n, "C")                  # CA and C1' are both carbon
+    elif isinstance(template, AtomArrays):
+        if template.n_atoms != n: raise InputError(f"{path}: coords have {n} atoms, the template {template.n_atoms}")
+        names, resnames, resids, chains, elements = template.names, template.resnames, template.resids, template.chains, template.elements
+        bfactors = template.bfactors if bfactors is None else bfactors
+    else:
+        names, resnames, resids, chains, elements = np.full(n, "CA"), np.full(n, "ALA"), np.arange(1, n + 1), np.full(n, "A"), np.full(n, "C")
+    st = atoms_to_structure(X, names, resnames, resids, elements, chains, bfactors)
+    opt = gemmi.PdbWriteOptions()
+    opt.minimal_file = True
+    with atomic_write(path) as tmp:
+        st.write_pdb(str(tmp), opt)
+    return Path(path)
 
 # %% ../nbs/05_structure.ipynb #d3fbc796
 def potential_map(structure, D: int, apix: float, model: int = 0, oversample: int = 2,

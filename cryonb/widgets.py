@@ -319,10 +319,10 @@ def _torch_as(x):
 
 # %% ../nbs/30_widgets.ipynb #5781aa14
 def _ca_from_file(path):
-    from cryonb.io import read_structure
-    st = read_structure(path)
-    names = np.asarray(st.atom_names).astype(str)
-    sel = (names == "CA") | (names == "C1'")
+    from cryonb.structure import read_atoms
+    st = read_atoms(path)
+    names = np.asarray(st.names).astype(str)
+    sel = ((names == "CA") & (np.asarray(st.elements).astype(str) == "C")) | (names == "C1'")   # a calcium named CA is no Cα
     if not sel.any():
         raise InputError(f"{path}: no CA or C1' atoms found; cannot draw a trace")
     return st.coords[:, sel], np.asarray(st.chains)[sel].astype(str)

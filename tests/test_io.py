@@ -10,7 +10,7 @@ import mrcfile
 import starfile
 
 from cryonb import io as cio
-from cryonb.io import test_data_path as T
+from cryonb.synthetic import test_data_path as T
 
 
 def ref_pkl(name):
@@ -249,17 +249,6 @@ def test_hand_stack_with_poses():
 
 
 # ---------------------------------------------------------------- structures
-def test_pdb_and_multimodel_round_trip(tmp_path):
-    s = cio.read_structure(T("adk_closed_1ake.pdb"))
-    assert s.coords.shape == (1, 1656, 3) and set(s.chains) == {"A"}
-    ens = s.coords[0] + np.arange(3)[:, None, None] * np.array([1.0, -2.0, 0.5])
-    cio.write_pdb(tmp_path / "e.pdb", ens, template=s)
-    s2 = cio.read_structure(tmp_path / "e.pdb")
-    np.testing.assert_allclose(s2.coords, ens, atol=1e-3)
-    assert list(s2.res_nums) == list(s.res_nums) and list(s2.elements) == list(s.elements)
-    import gemmi
-    st = gemmi.read_structure(str(tmp_path / "e.pdb"))
-    assert len(st) == 3 and st[2].count_atom_sites() == 1656
 
 
 @pytest.mark.parametrize("dtype", ["<i2", "<u2", "<f2", ">f4", "i1"])

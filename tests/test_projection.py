@@ -20,7 +20,7 @@ DATA = Path(__file__).parent / "data"
 
 def _path(name):
     try:
-        from cryonb.io import test_data_path
+        from cryonb.synthetic import test_data_path
         return Path(test_data_path(name))
     except (ImportError, AttributeError):
         return DATA / name
