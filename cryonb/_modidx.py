@@ -722,6 +722,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'cryonb.report.line_figure': ('report.html#line_figure', 'cryonb/report.py'),
                                'cryonb.report.map_slices_figure': ('report.html#map_slices_figure', 'cryonb/report.py')},
             'cryonb.restraints': { 'cryonb.restraints.Restraints': ('restraints.html#restraints', 'cryonb/restraints.py'),
+                                   'cryonb.restraints.Restraints.__repr__': ('restraints.html#restraints.__repr__', 'cryonb/restraints.py'),
                                    'cryonb.restraints.Restraints.from_model': ( 'restraints.html#restraints.from_model',
                                                                                 'cryonb/restraints.py'),
                                    'cryonb.restraints.Restraints.losses': ('restraints.html#restraints.losses', 'cryonb/restraints.py'),
