@@ -4,11 +4,12 @@
 
 # %% ../../nbs/commands/recovar.ipynb #3ceaa987
 from __future__ import annotations
-import argparse, logging
+import argparse, json, logging, shutil
 from pathlib import Path
 import numpy as np
 from ..core import InputError, get_device, get_logger
 from ..methods.recovar import (recovar_pipeline, save_result, source_from_args, reconstruct_at, analyze as _analyze,
+                                    pipeline_fingerprint,
                                     load_result, load_latents, _read_points, _write_volumes, _trajectory)
 from .common import (Command, add_subcommands, run_subcommand, add_device, positive_int, nonneg_int,
                                     positive_float, nonneg_float)
@@ -102,13 +103,19 @@ def _covariance_kmax(s: str):
     if not v >= 0: raise InputError(f"--covariance-kmax: expected auto or a number of pixels >= 0, got {s!r}")
     return v or None
 
+# what does not change the result: where it is written, how images are read, the device
+_NOT_IN_FINGERPRINT = ("outdir", "device", "lazy", "low_memory_option", "accept_cpu", "_command", "subverb")
+
 def _pipeline_main(a) -> int:
+    """Run the pipeline; each stage is checkpointed under `OUTDIR/model/checkpoints` and a rerun after a
+    kill resumes at the first stage without a matching checkpoint; a complete run with the same
+    parameters and data is not redone."""
     if a.uninvert_data == "true":
         raise InputError("--uninvert-data true: cryonb does not flip the data's sign; give RELION-convention particles")
     kmax = _covariance_kmax(a.covariance_kmax)
     opt, mask_file = _mask_choice(a)
     out = Path(a.outdir)
-    args = vars(a).copy()
+    args = {k: v for k, v in vars(a).items() if k not in ("_command", "subverb")}
     args["zdim"] = ",".join(map(str, a.zdim))
     args["mask"] = mask_file
     for k in ("particles", "poses", "ctf", "ind", "datadir", "halfsets", "mask"):
@@ -129,12 +136,21 @@ def _pipeline_main(a) -> int:
             if args.get(flag): log(f"note: --{flag.replace('_', '-')} is accepted for RECOVAR scripts and has no effect in cryonb")
         log(f"{src.n} particles, D={src.D}, {src.apix:.4g} Å/px, half-sets {int((src.halfset == 0).sum())}/"
             f"{int((src.halfset == 1).sum())}, device {dev}")
+        same = {k: v for k, v in args.items() if k not in _NOT_IN_FINGERPRINT}
+        key = pipeline_fingerprint(src, same, input_mask)
+        pj = out / "model" / "params.json"
+        if pj.exists() and json.loads(pj.read_text()).get("fingerprint") == key:
+            log(f"{out}: already complete with these parameters and data; nothing to do")
+            return 0
+        ckpt = out / "model" / "checkpoints"
         res = recovar_pipeline(src, zdims=a.zdim, mask_option=opt, input_mask=input_mask, mask_dilate_iter=a.mask_dilate_iter,
                                correct_contrast=a.correct_contrast, n_columns=a.n_columns, column_radius=a.column_radius,
                                n_pcs=a.n_pcs, block_size=a.block_size, batch_size=a.batch_size, seed=a.seed, log=log,
-                               covariance_kmax=kmax, adaptive_n_pcs=not a.no_adaptive_n_pcs)
+                               covariance_kmax=kmax, adaptive_n_pcs=not a.no_adaptive_n_pcs, checkpoint_dir=ckpt,
+                               fingerprint_extra=same)
         ind = ds.meta.indices if (a.ind or a.n_images) and hasattr(ds.meta, "indices") else None
-        save_result(res, out, args, particles_ind=ind)
+        save_result(res, out, args, particles_ind=ind, fingerprint=key)
+        shutil.rmtree(ckpt, ignore_errors=True)             # the run is complete: params.json now marks it
         log(f"done in {res.info['timings_s']['total']:.1f}s; outputs in {out}")
     finally:
         close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
-from ..core import get_device, InputError, get_logger
+from ..core import get_device, InputError, get_logger, atomic_write
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
 from ..core import atomic_write
 from ..io import write_map
@@ -18,8 +18,9 @@ from ..io import write_map
 __all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic',
            'white_noise_level', 'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance',
            'pick_columns', 'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed',
-           'RecovarResult', 'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression',
-           'save_result', 'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
+           'RecovarResult', 'principal_angles', 'pipeline_fingerprint', 'recovar_pipeline', 'monotone_bandwidths',
+           'kernel_regression', 'save_result', 'load_result', 'load_latents', 'source_from_args', 'reconstruct_at',
+           'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -590,11 +591,46 @@ def principal_angles(U1, U2) -> np.ndarray:
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
     return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
 
+
+# %% ../../nbs/11_recovar.ipynb #0e2c9229
+def pipeline_fingerprint(source, params: dict, input_mask=None) -> str:
+    """SHA-256 (hex) of what the pipeline's stages depend on: `params` (JSON-able), the source's size, box,
+    pixel size and half-set split, the first batch of images, poses and CTFs, and the input mask."""
+    import hashlib
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(f"{source.n} {source.D} {float(source.apix):.6g}".encode())
+    h.update(np.ascontiguousarray(torch.as_tensor(source.halfset).cpu().numpy()).tobytes())
+    b = next(iter(source.batches(64)))
+    for k in ("y", "rot", "ctf"):
+        t = b[k].detach().cpu()
+        t = torch.view_as_real(t) if t.is_complex() else t
+        h.update(t.contiguous().numpy().tobytes())
+    if input_mask is not None: h.update(np.ascontiguousarray(np.asarray(input_mask, np.float32)).tobytes())
+    return h.hexdigest()
+
+def _stage(folder, name: str, key: str, compute, device, log):
+    "Run `compute()` or load its result from `folder/NAME.pt` when that file holds the same fingerprint `key`."
+    if folder is None: return compute()
+    f = Path(folder) / f"{name}.pt"
+    if f.exists():
+        try: d = torch.load(f, map_location=device, weights_only=False)
+        except Exception: d = None                                           # a file we cannot read is recomputed
+        if isinstance(d, dict) and d.get("fingerprint") == key:
+            log(f"stage {name}: resumed from {f.name}")
+            return d["value"]
+    value = compute()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(f) as tmp: torch.save(dict(fingerprint=key, value=value), tmp)
+    return value
+
+
+# %% ../../nbs/11_recovar.ipynb #9a1e27b6
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
                      column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
                      oversampling: int = 2, batch_size: int = 256, seed: int = 0, log=print,
-                     covariance_kmax="auto", adaptive_n_pcs: bool = True) -> RecovarResult:
+                     covariance_kmax="auto", adaptive_n_pcs: bool = True, checkpoint_dir=None,
+                     fingerprint_extra: dict | None = None) -> RecovarResult:
     """Run RECOVAR's pipeline (mean → masks → noise → variance → columns → sketch → projected covariance →
     embeddings) on a source (`ArraySource` / `DatasetSource`). `zdims`: latent dimensions to embed;
     `n_pcs`: size of the basis of the projected covariance (RECOVAR: 200, adaptive); `n_columns`, `column_radius`:
@@ -604,22 +640,42 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
     covariance), `None`: all (RECOVAR). `adaptive_n_pcs`: cap the basis at `√(N/4)` (at least the largest zdim):
     the moment equations have n(n+1)/2 unknowns, and with few images extra directions only add noise
     eigenvalues (RECOVAR has a similar `--adaptive-n-pcs`).
+    `checkpoint_dir`: folder where each stage (first mean, masks + noise, mean, variance + columns, sketch,
+    projected covariance) is written atomically with a fingerprint of the parameters and the data; a rerun
+    after a kill loads the stages whose fingerprint matches and computes the rest (`fingerprint_extra`: more
+    JSON-able facts the fingerprint depends on, e.g. the CLI's arguments).
     Raises `InputError` if a zdim exceeds the number of PCs. Source: Gilles & Singer, PNAS 2025."""
     log = log or (lambda *a: None)
     t_all = time.time(); c_all = time.process_time(); tm = {}; tc = {}
     D = source.D; zdims = sorted(int(z) for z in zdims)
     if adaptive_n_pcs: n_pcs = min(n_pcs, max(4, int(math.sqrt(source.n / 4))))
     n_pcs = max(n_pcs, zdims[-1])
-    t = time.time(); c = time.process_time(); s2 = white_noise_level(source, batch_size=batch_size)
-    prof = torch.full((D,), s2, device=source.device)
-    m0 = estimate_mean(source, prof, oversampling, batch_size=batch_size); tm["mean0"] = time.time() - t; tc["mean0"] = time.process_time() - c
+    key = pipeline_fingerprint(source, dict(zdims=zdims, mask_option=mask_option, mask_dilate_iter=mask_dilate_iter,
+                                            correct_contrast=correct_contrast, n_columns=n_columns, column_radius=column_radius,
+                                            n_pcs=n_pcs, block_size=block_size, oversampling=oversampling, seed=seed,
+                                            covariance_kmax=covariance_kmax, extra=fingerprint_extra), input_mask)
+    stage = lambda name, fn: _stage(checkpoint_dir, name, key, fn, source.device, log)
+    t = time.time(); c = time.process_time()
+
+    def _first_mean():
+        s2 = white_noise_level(source, batch_size=batch_size)
+        prof = torch.full((D,), s2, device=source.device)
+        return s2, estimate_mean(source, prof, oversampling, batch_size=batch_size)
+    s2, m0 = stage("mean0", _first_mean)
+    tm["mean0"] = time.time() - t; tc["mean0"] = time.process_time() - c
     t = time.time(); c = time.process_time()
     if mask_option == "input" and input_mask is None: raise InputError("--mask-option input needs --mask")
-    tight, dil = make_masks(mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D)
-    noise = estimate_noise(source, m0["mean_ft"], dil, oversampling, batch_size=batch_size); tm["masks_noise"] = time.time() - t; tc["masks_noise"] = time.process_time() - c
-    t = time.time(); c = time.process_time(); mean = estimate_mean(source, noise, oversampling, batch_size=batch_size); tm["mean"] = time.time() - t; tc["mean"] = time.process_time() - c
+
+    def _masks_noise():
+        tight, dil = make_masks(mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D)
+        return tight, dil, estimate_noise(source, m0["mean_ft"], dil, oversampling, batch_size=batch_size)
+    tight, dil, noise = stage("masks_noise", _masks_noise)
+    tm["masks_noise"] = time.time() - t; tc["masks_noise"] = time.process_time() - c
+    t = time.time(); c = time.process_time(); mean = stage("mean", lambda: estimate_mean(source, noise, oversampling, batch_size=batch_size))
+    tm["mean"] = time.time() - t; tc["mean"] = time.process_time() - c
     log(f"mean: FSC(0.143) at shell {int((mean['fsc'] < 0.143).nonzero()[0]) if bool((mean['fsc'] < 0.143).any()) else D // 2}/{D // 2}, noise/σ² = {float(noise[D // 4] / s2):.3f}")
-    t = time.time(); c = time.process_time(); v, Fc = estimate_variance(source, mean["mean_ft"], noise, oversampling, batch_size)
+    t = time.time(); c = time.process_time()
+    v, Fc = stage("variance", lambda: estimate_variance(source, mean["mean_ft"], noise, oversampling, batch_size))
     kmax = None
     if covariance_kmax == "auto":
         below = torch.nonzero(mean["fsc"][1:] < 0.143)
@@ -633,14 +689,19 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
     n_sketch = min(max(n_pcs + 10, 2 * zdims[-1]), 2 * len(cols))
     t = time.time(); c = time.process_time()
     if kmax is not None: log(f"covariance columns estimated for |k| < {kmax:.0f} px (images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)")
-    sk = covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size, oversampling, batch_size, seed=seed, log=log,
-                           kmax=kmax)
+    sk = stage("sketch", lambda: covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size, oversampling,
+                                                   batch_size, seed=seed, log=log, kmax=kmax))
     tm["columns_sketch"] = time.time() - t; tc["columns_sketch"] = time.process_time() - c
     n_pcs = min(n_pcs, len(sk["basis"]))
     if zdims[-1] > n_pcs: raise InputError(f"zdim {zdims[-1]} exceeds the number of principal components available ({n_pcs})")
     basis = sk["basis"][:n_pcs]
-    t = time.time(); c = time.process_time(); stats = projected_statistics(source, mean["mean_ft"], basis, noise, oversampling, max(16, batch_size // 2))
-    S, cginfo = projected_covariance(stats["G"], stats["a"]); tm["projected_covariance"] = time.time() - t; tc["projected_covariance"] = time.process_time() - c
+    t = time.time(); c = time.process_time()
+
+    def _projected():
+        stats = projected_statistics(source, mean["mean_ft"], basis, noise, oversampling, max(16, batch_size // 2))
+        return (stats, *projected_covariance(stats["G"], stats["a"]))
+    stats, S, cginfo = stage("projected_covariance", _projected)
+    tm["projected_covariance"] = time.time() - t; tc["projected_covariance"] = time.process_time() - c
     ev, V = torch.linalg.eigh(S); order = torch.argsort(ev, descending=True); ev, V = ev[order], V[:, order]
     s = ev.clamp(min=0).float(); V = V.float()
     u = torch.einsum("jk,jxyz->kxyz", V, basis)
@@ -751,8 +812,17 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
     return torch.stack(vols), infos
 
 # %% ../../nbs/11_recovar.ipynb #704468c2
-def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_ind=None, n_save_pcs: int | None = None):
-    "Write a `RecovarResult` in RECOVAR's layout under `outdir` (see above). Returns the output folder `Path`."
+def _save_npy(path, arr=None, **arrays):
+    "`np.save` (one array) or `np.savez` (keywords), written atomically."
+    with atomic_write(path) as tmp:
+        if arrays: np.savez(tmp, **arrays)
+        else: np.save(tmp, arr)
+
+def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_ind=None, n_save_pcs: int | None = None,
+                fingerprint: str | None = None):
+    """Write a `RecovarResult` in RECOVAR's layout under `outdir` (see above), every file atomically;
+    `model/params.json` (with `fingerprint`, the run's `pipeline_fingerprint`) is written last and marks a
+    complete run. Returns the output folder `Path`."""
     out = Path(outdir); (out / "model").mkdir(parents=True, exist_ok=True); vd = out / "output" / "volumes"; vd.mkdir(parents=True, exist_ok=True)
     apix = res.apix
     write_map(vd / "mean.mrc", res.mean, apix)
@@ -767,20 +837,20 @@ def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_
         if K <= len(res.u): write_map(vd / f"variance{K}.mrc", torch.einsum("k,kxyz->xyz", res.s[:K], res.u[:K] ** 2), apix)
     for K, e in res.embeddings.items():
         zd = out / "model" / f"zdim_{K}"; zd.mkdir(exist_ok=True)
-        np.save(zd / "latent_coords.npy", e["z"].cpu().numpy()); np.save(zd / "latent_precision.npy", e["precision"].cpu().numpy())
-        np.save(zd / "latent_coords_noreg.npy", e["z_noreg"].cpu().numpy()); np.save(zd / "latent_precision_noreg.npy", e["precision_noreg"].cpu().numpy())
-        np.save(zd / "contrasts.npy", e["contrast"].cpu().numpy()); np.save(zd / "contrasts_noreg.npy", e["contrast"].cpu().numpy())
+        _save_npy(zd / "latent_coords.npy", e["z"].cpu().numpy()); _save_npy(zd / "latent_precision.npy", e["precision"].cpu().numpy())
+        _save_npy(zd / "latent_coords_noreg.npy", e["z_noreg"].cpu().numpy()); _save_npy(zd / "latent_precision_noreg.npy", e["precision_noreg"].cpu().numpy())
+        _save_npy(zd / "contrasts.npy", e["contrast"].cpu().numpy()); _save_npy(zd / "contrasts_noreg.npy", e["contrast"].cpu().numpy())
     h = res.halfset.cpu().numpy()
-    np.savez(out / "model" / "halfsets.npz", halfset=h, half1=np.nonzero(h == 0)[0], half2=np.nonzero(h == 1)[0])
-    if particles_ind is not None: np.save(out / "model" / "particles_ind.npy", np.asarray(particles_ind))
-    np.savez(out / "model" / "params.npz", eigenvalues=res.s.cpu().numpy(), noise_variance=res.noise.cpu().numpy(),
+    _save_npy(out / "model" / "halfsets.npz", halfset=h, half1=np.nonzero(h == 0)[0], half2=np.nonzero(h == 1)[0])
+    if particles_ind is not None: _save_npy(out / "model" / "particles_ind.npy", np.asarray(particles_ind))
+    _save_npy(out / "model" / "params.npz", eigenvalues=res.s.cpu().numpy(), noise_variance=res.noise.cpu().numpy(),
              mean_fsc=res.mean_fsc.cpu().numpy(), mean_tau=res.mean_tau.cpu().numpy(), columns=res.columns.cpu().numpy(),
              column_fsc=res.column_fsc.cpu().numpy())
+    _pipeline_report(res, out)
     params = dict(D=res.D, apix=res.apix, n_particles=int(len(res.halfset)), zdims=sorted(res.embeddings), n_pcs=len(res.u),
-                  eigenvalues=res.s.cpu().tolist(), info=res.info, args=args or {})
+                  eigenvalues=res.s.cpu().tolist(), info=res.info, args=args or {}, fingerprint=fingerprint)
     with atomic_write(out / "model" / "params.json") as tmp:
         tmp.write_text(json.dumps(params, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    _pipeline_report(res, out)
     return out
 
 def _pipeline_report(res, out):
