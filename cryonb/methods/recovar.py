@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..core import get_device, InputError, get_logger, atomic_write
+from tqdm.auto import tqdm
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
 from ..core import atomic_write
 from ..io import write_map
@@ -741,10 +742,14 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
     choice[n:] = choice[n - 1]
     return choice.to(err.device)
 def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
-                      oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256):
+                      oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256,
+                      bandwidth_rule: str = "monotone"):
     """Volumes `(T,D,D,D)` at latent points `targets (T,K)` from the particles of `source`, their latents
     `z (N,K)` and precisions `precision (N,K,K)` (same order as the source). `noise_profile (D,)`; `tau`:
     optional per-shell prior (the mean's); `n_bins` candidate bandwidths; `Bfactor` Å² sharpening.
+    `bandwidth_rule`: `"monotone"` (`monotone_bandwidths`) or `"greedy"` (the first version's running maximum of
+    the per-shell argmin, kept only to show the difference below). Logs the bandwidth per shell for every
+    point and warns when a state equals the consensus mean.
     Returns `(volumes, info)` with the chosen bandwidth index per shell. Source: RECOVAR `compute_state`
     (Gilles & Singer 2025, §Kernel regression), simplified as described above."""
     D, dev, os_ = source.D, source.device, oversampling; M = os_ * D
@@ -755,7 +760,7 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
     lam = _profile_to_image(noise_profile, D, dev); km = _kmask(D, dev)
     sh = _shells3(M, os_, dev); nsh = int(sh.max()) + 1
     vols, infos = [], []
-    for zt in targets:
+    for zt in tqdm(targets, desc="kernel regression", unit="map", leave=False, disable=len(targets) < 2):
         dz = zt[None] - z
         d = torch.einsum("ni,nij,nj->n", dz, P, dz)
         lo = torch.kthvalue(d, min(n_min, len(d))).values.clamp(min=1e-12); hi = torch.quantile(d, 0.95).clamp(min=lo * 1.01)
@@ -792,7 +797,14 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
             # noise-weighted: |a - b|² · Kc_b (Kc_b ∝ 1/var(b)); E = weighted MSE of a + const, since b is unbiased and independent
             e = ((est[0, j] - ref[1]).abs() ** 2 * Kc[1, 0] * ok[1] + (est[1, j] - ref[0]).abs() ** 2 * Kc[0, 0] * ok[0])
             err[j] = shell_average(e.double(), sh, nsh)
-        choice = monotone_bandwidths(err, torch.bincount(sh.flatten(), minlength=nsh), D // 2)
+        if bandwidth_rule == "greedy":
+            raw = err.argmin(0)
+            raw[0] = raw[1]
+            choice = torch.cummax(raw, 0).values
+        elif bandwidth_rule == "monotone":
+            choice = monotone_bandwidths(err, torch.bincount(sh.flatten(), minlength=nsh), D // 2)
+        else:
+            raise InputError(f"bandwidth_rule: expected 'monotone' or 'greedy', got {bandwidth_rule!r}")
         cj = choice[sh]
         Yall = torch.gather((Ky[0] + Ky[1]), 0, cj[None]).squeeze(0); Call = torch.gather((Kc[0] + Kc[1]), 0, cj[None]).squeeze(0)
         grid = Yall / (Call + inv).clamp(min=1e-6 * float(Call.mean()))
@@ -987,19 +999,31 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     z, P, c = load_latents(outdir, zdim, noreg=noreg)
     od = Path(out) if out else Path(outdir) / "output" / f"analysis_{zdim}"; od.mkdir(parents=True, exist_ok=True)
     k = min(n_clusters, len(z))
+    n_steps = 3 + (not skip_umap) + bool(volumes) + n_trajectories
+    bar = tqdm(total=n_steps, desc="recovar analyze", unit="step")
+    step = lambda name: bar.set_postfix_str(name, refresh=True)
+    step("k-means")
     km = kmeans(z, k)
+    bar.update()
     np.savetxt(od / "centers.txt", km.centers); np.save(od / "centers_ind.npy", km.center_ind); np.save(od / "labels.npy", km.labels)
+    step("density")
     dens = kde_density(z[:, :min(4, zdim)]); np.save(od / "density.npy", dens)
+    bar.update()
     res = dict(kmeans=km, density=dens, outdir=od)
-    if not skip_umap and len(z) > 5:
-        u = umap_embedding(z); np.save(od / "umap_embedding.npy", u); res["umap"] = u
+    if not skip_umap:
+        step("UMAP")
+        if len(z) > 5:
+            u = umap_embedding(z); np.save(od / "umap_embedding.npy", u); res["umap"] = u
+        bar.update()
     src = None
     if volumes or n_trajectories:
         src, r = _source_for(outdir, device)
     if volumes:
+        step(f"volumes at {len(km.centers)} cluster centres")
         vols, _ = reconstruct_at(outdir, km.centers, zdim, Bfactor, source=src, noreg=noreg)
         (od / "centers").mkdir(exist_ok=True)
         for t, v in enumerate(vols): write_map(od / "centers" / f"vol{t:04d}.mrc", v, r["params"]["apix"])
+        bar.update()
     pairs = []
     if n_trajectories:
         pairs.append(farthest_pair(km.centers))
@@ -1007,15 +1031,20 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
             if len(pairs) >= n_trajectories: break
             pairs.append((int(np.argmin(km.centers[:, d])), int(np.argmax(km.centers[:, d]))))
     for t, (i, j) in enumerate(pairs[:n_trajectories]):
+        step(f"trajectory {t + 1}/{min(len(pairs), n_trajectories)}")
         pts, path = _trajectory(z, dens, int(km.center_ind[i]), int(km.center_ind[j]), n_vols)
         td = od / f"trajectory_{t}"; td.mkdir(exist_ok=True); np.savetxt(td / "path.txt", pts)
         vols, _ = reconstruct_at(outdir, pts, zdim, Bfactor, source=src, noreg=noreg)
         for q, v in enumerate(vols): write_map(td / f"vol{q:04d}.mrc", v, r["params"]["apix"])
+        bar.update()
     res["trajectories"] = pairs[:n_trajectories]
+    step("report")
     rep = Report(f"RECOVAR analysis, zdim {zdim}", str(outdir))
     rep.add_figure(latent_scatter(z[:, :2], km.labels, "k-means", title="latent PCs 1-2"), "Latent coordinates (first two PCs) coloured by k-means cluster.")
     if "umap" in res: rep.add_figure(latent_scatter(res["umap"], km.labels, "k-means", labels=("UMAP1", "UMAP2")), "UMAP of the latent coordinates.")
     rep.write(od / "report.html")
+    bar.update()
+    bar.close()
     return res
 
 
