@@ -277,7 +277,7 @@ def results_table(results: dict, timings: dict):
             s = b[key]
             rows.append({"method": label, "AUC mean ± std": _fmt_pm(s["auc_mean"], s["auc_std"]), "AUC median": round(s["auc_median"], 4),
                          "res. FSC=0.5 (Å)": round(s["res_05_A"], 2), "res. FSC=0.143 (Å)": round(s["res_0143_A"], 2),
-                         "time (s)": round(tb.get("wall_s", float("nan")), 1), "peak mem (MB)": round(tb.get("peak_mem_MB", float("nan")))})
+                         "time (s)": round(tb.get("wall_s", float("nan")), 1), "peak mem (MB)": round(tb.get("peak_mem_MB", float("nan")), 0)})
     for name, r in results.items():
         if not name.startswith("method:") or r.get("kind") == "sieving": continue
         t = timings.get(name, {})
@@ -286,7 +286,7 @@ def results_table(results: dict, timings: dict):
         s = r["per_state"]
         rows.append({"method": name[7:], "AUC mean ± std": _fmt_pm(s["auc_mean"], s["auc_std"]), "AUC median": round(s["auc_median"], 4),
                      "res. FSC=0.5 (Å)": round(s["res_05_A"], 2), "res. FSC=0.143 (Å)": round(s["res_0143_A"], 2),
-                     "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": round(t.get("peak_mem_MB", float("nan")))})
+                     "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": round(t.get("peak_mem_MB", float("nan")), 0)})
     return pd.DataFrame(rows)
 
 def write_demo_report(ctx: DemoContext, results: dict, timings: dict) -> Path:
