@@ -162,11 +162,12 @@ pipeline = Command(_pipeline_args, _pipeline_main, "RECOVAR: mean, masks, noise,
 # %% ../../nbs/commands/recovar.ipynb #26a58e79
 def _compute_state_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
-    p.add_argument("-o", "--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder for vol0000.mrc ... and latent_points.txt")
     p.add_argument("--latent-points", required=True, help="text/.npy file, one latent point per row")
     p.add_argument("--zdim", type=positive_int, help="default: number of columns of the points")
     p.add_argument("--Bfactor", type=nonneg_float, default=0.0, help="sharpening B-factor (Å²)")
-    p.add_argument("--n-bins", type=positive_int, default=6)
+    p.add_argument("--n-bins", type=positive_int, default=6,
+                   help="candidate kernel bandwidths (default 6, as RECOVAR); one more candidate is every image")
     p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding (RECOVAR's flag)")
     p.add_argument("--external-z", help="reweight by an external embedding z.npy (N,K) instead of RECOVAR's")
     add_device(p)
@@ -188,12 +189,13 @@ compute_state = Command(_compute_state_args, _compute_state_main, "Volumes at la
 
 def _compute_trajectory_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
-    p.add_argument("-o", "--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder for vol0000.mrc ... and path.txt")
     p.add_argument("--endpts", required=True, help="text file with two latent points (rows)")
-    p.add_argument("--zdim", type=positive_int)
-    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6)
-    p.add_argument("--Bfactor", type=nonneg_float, default=0.0)
-    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding")
+    p.add_argument("--zdim", type=positive_int, help="embedding to use (default: number of columns of --endpts)")
+    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6,
+                   help="volumes along the path (RECOVAR's --n-vols-along-path; default 6)")
+    p.add_argument("--Bfactor", type=nonneg_float, default=0.0, help="sharpening B-factor of the volumes (Å²)")
+    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding (RECOVAR's flag)")
     p.add_argument("--linear", action="store_true", help="straight line instead of the density path")
     add_device(p)
 
@@ -220,16 +222,18 @@ compute_trajectory = Command(_compute_trajectory_args, _compute_trajectory_main,
 
 def _analyze_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
-    p.add_argument("--zdim", type=positive_int, required=True)
-    p.add_argument("--n-clusters", type=positive_int, default=20)
-    p.add_argument("--n-trajectories", type=nonneg_int, default=0)
-    p.add_argument("--skip-umap", action="store_true")
-    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6)
+    p.add_argument("--zdim", type=positive_int, required=True, help="which embedding (model/zdim_K) to analyse")
+    p.add_argument("--n-clusters", type=positive_int, default=20, help="k-means clusters (default 20, as RECOVAR)")
+    p.add_argument("--n-trajectories", type=nonneg_int, default=0,
+                   help="trajectories between far-apart centres through high-density regions (default 0)")
+    p.add_argument("--skip-umap", action="store_true", help="no UMAP of the latents (RECOVAR's flag)")
+    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6,
+                   help="volumes per trajectory (RECOVAR's --n-vols-along-path; default 6)")
     p.add_argument("--no-volumes", "--skip-centers", dest="no_volumes", action="store_true",
                    help="no kernel-regression volumes at the k-means centres (RECOVAR's --skip-centers)")
     p.add_argument("--Bfactor", type=nonneg_float, default=0.0, help="sharpening B-factor of the volumes (Å²)")
-    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding")
-    p.add_argument("-o", "--out")
+    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding (RECOVAR's flag)")
+    p.add_argument("-o", "--out", help="output folder (default OUTDIR/output/analysis_ZDIM, as RECOVAR)")
     add_device(p)
 
 def _analyze_main(a) -> int:
