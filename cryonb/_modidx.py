@@ -503,6 +503,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'cryonb.methods.recovar._apply_L': ('recovar.html#_apply_l', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar._collate': ('recovar.html#_collate', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar._column_block': ('recovar.html#_column_block', 'cryonb/methods/recovar.py'),
+                                        'cryonb.methods.recovar._column_limits': ( 'recovar.html#_column_limits',
+                                                                                   'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar._demo_run': ('recovar.html#_demo_run', 'cryonb/methods/recovar.py'),
                                         'cryonb.methods.recovar._gridding_correction': ( 'recovar.html#_gridding_correction',
                                                                                          'cryonb/methods/recovar.py'),

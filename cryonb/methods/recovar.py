@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
-from ..core import get_device, InputError, get_logger, atomic_write
+from ..core import get_device, InputError, get_logger, atomic_write, timed
 from tqdm.auto import tqdm
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
 from ..core import atomic_write
 from ..io import write_map
 from ..reconstruction import otsu_threshold, soften, sphere_mask
 from ..data import random_halfsets
+
+_log = get_logger(__name__)
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
@@ -607,10 +609,22 @@ def _stage(folder, name: str, key: str, compute, device, log):
 
 
 # %% ../../nbs/11_recovar.ipynb #9a1e27b6
+def _column_limits(covariance_kmax, first_below: int, D: int, column_radius):
+    """`(kmax, radius)` in px for the covariance columns: `kmax` 3 px beyond `first_below` (the first shell where
+    the half-mean FSC < 0.143) for `"auto"`, the number given, or None (all frequencies); the column radius
+    (default `max(3, D/4)`) kept 3 px inside `kmax`."""
+    kmax = None
+    if covariance_kmax == "auto": kmax = float(min(D // 2, first_below + 3))
+    elif covariance_kmax: kmax = float(min(covariance_kmax, D // 2))
+    if kmax is not None and kmax >= D // 2: kmax = None
+    rad = max(3.0, D / 4) if column_radius is None else column_radius
+    if kmax is not None: rad = max(2.0, min(rad, kmax - 3))
+    return kmax, rad
+
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
                      column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
-                     oversampling: int = 2, batch_size: int = 256, seed: int = 0, log=print,
+                     oversampling: int = 2, batch_size: int = 256, seed: int = 0, log=None,
                      covariance_kmax="auto", adaptive_n_pcs: bool = True, checkpoint_dir=None,
                      fingerprint_extra: dict | None = None) -> RecovarResult:
     """Run RECOVAR's pipeline (mean → masks → noise → variance → columns → sketch → projected covariance →
@@ -626,80 +640,82 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
     projected covariance) is written atomically with a fingerprint of the parameters and the data; a rerun
     after a kill loads the stages whose fingerprint matches and computes the rest (`fingerprint_extra`: more
     JSON-able facts the fingerprint depends on, e.g. the CLI's arguments).
+    `log(*msg)`: where progress messages go (default: this module's `get_logger`).
     Raises `InputError` if a zdim exceeds the number of PCs. Source: Gilles & Singer, PNAS 2025."""
-    log = log or (lambda *a: None)
-    t_all = time.time(); c_all = time.process_time(); tm = {}; tc = {}
-    D = source.D; zdims = sorted(int(z) for z in zdims)
+    log = log or (lambda *m: _log.info(" ".join(map(str, m))))
+    tm = {}
+    D = source.D
+    zdims = sorted(int(z) for z in zdims)
     if adaptive_n_pcs: n_pcs = min(n_pcs, max(4, int(math.sqrt(source.n / 4))))
     n_pcs = max(n_pcs, zdims[-1])
+    if mask_option == "input" and input_mask is None: raise InputError("--mask-option input needs --mask")
     key = pipeline_fingerprint(source, dict(zdims=zdims, mask_option=mask_option, mask_dilate_iter=mask_dilate_iter,
                                             correct_contrast=correct_contrast, n_columns=n_columns, column_radius=column_radius,
                                             n_pcs=n_pcs, block_size=block_size, oversampling=oversampling, seed=seed,
                                             covariance_kmax=covariance_kmax, extra=fingerprint_extra), input_mask)
-    stage = lambda name, fn: _stage(checkpoint_dir, name, key, fn, source.device, log)
-    t = time.time(); c = time.process_time()
+
+    def stage(name, fn):
+        with timed(f"recovar {name}", _log) as t:
+            value = _stage(checkpoint_dir, name, key, fn, source.device, log)
+        tm[name] = t.seconds
+        return value
 
     def _first_mean():
         s2 = white_noise_level(source, batch_size=batch_size)
         prof = torch.full((D,), s2, device=source.device)
         return s2, estimate_mean(source, prof, oversampling, batch_size=batch_size)
-    s2, m0 = stage("mean0", _first_mean)
-    tm["mean0"] = time.time() - t; tc["mean0"] = time.process_time() - c
-    t = time.time(); c = time.process_time()
-    if mask_option == "input" and input_mask is None: raise InputError("--mask-option input needs --mask")
 
     def _masks_noise():
         tight, dil = make_masks(mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D)
         return tight, dil, estimate_noise(source, m0["mean_ft"], dil, oversampling, batch_size=batch_size)
-    tight, dil, noise = stage("masks_noise", _masks_noise)
-    tm["masks_noise"] = time.time() - t; tc["masks_noise"] = time.process_time() - c
-    t = time.time(); c = time.process_time(); mean = stage("mean", lambda: estimate_mean(source, noise, oversampling, batch_size=batch_size))
-    tm["mean"] = time.time() - t; tc["mean"] = time.process_time() - c
-    log(f"mean: FSC(0.143) at shell {int((mean['fsc'] < 0.143).nonzero()[0]) if bool((mean['fsc'] < 0.143).any()) else D // 2}/{D // 2}, noise/σ² = {float(noise[D // 4] / s2):.3f}")
-    t = time.time(); c = time.process_time()
-    v, Fc = stage("variance", lambda: estimate_variance(source, mean["mean_ft"], noise, oversampling, batch_size))
-    kmax = None
-    if covariance_kmax == "auto":
-        below = torch.nonzero(mean["fsc"][1:] < 0.143)
-        kmax = float(min(D // 2, (int(below[0]) + 1 if len(below) else D // 2) + 3))
-    elif covariance_kmax: kmax = float(min(covariance_kmax, D // 2))
-    if kmax is not None and kmax >= D // 2: kmax = None
-    rad = max(3.0, D / 4) if column_radius is None else column_radius
-    if kmax is not None: rad = max(2.0, min(rad, kmax - 3))
-    cols = pick_columns(Fc * v, n_columns, rad); tm["variance"] = time.time() - t; tc["variance"] = time.process_time() - c
-    log(f"variance done; {len(cols)} covariance columns, |k'| ≤ {float(cols.float().norm(dim=1).max()):.1f} px")
-    n_sketch = min(max(n_pcs + 10, 2 * zdims[-1]), 2 * len(cols))
-    t = time.time(); c = time.process_time()
-    if kmax is not None: log(f"covariance columns estimated for |k| < {kmax:.0f} px (images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)")
-    sk = stage("sketch", lambda: covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size, oversampling,
-                                                   batch_size, seed=seed, log=log, kmax=kmax))
-    tm["columns_sketch"] = time.time() - t; tc["columns_sketch"] = time.process_time() - c
-    n_pcs = min(n_pcs, len(sk["basis"]))
-    if zdims[-1] > n_pcs: raise InputError(f"zdim {zdims[-1]} exceeds the number of principal components available ({n_pcs})")
-    basis = sk["basis"][:n_pcs]
-    t = time.time(); c = time.process_time()
 
     def _projected():
         stats = projected_statistics(source, mean["mean_ft"], basis, noise, oversampling, max(16, batch_size // 2))
         return (stats, *projected_covariance(stats["G"], stats["a"]))
-    stats, S, cginfo = stage("projected_covariance", _projected)
-    tm["projected_covariance"] = time.time() - t; tc["projected_covariance"] = time.process_time() - c
-    ev, V = torch.linalg.eigh(S); order = torch.argsort(ev, descending=True); ev, V = ev[order], V[:, order]
-    s = ev.clamp(min=0).float(); V = V.float()
-    u = torch.einsum("jk,jxyz->kxyz", V, basis)
-    log(f"projected covariance: CG {cginfo['iterations']} it (rel. residual {cginfo['rel_residual']:.1e}); eigenvalues {s[:5].cpu().numpy()}")
-    t = time.time(); c = time.process_time()
-    embs = {z: embed(stats, V, s, z, correct_contrast) for z in zdims}; tm["embedding"] = time.time() - t; tc["embedding"] = time.process_time() - c
-    tm["total"] = time.time() - t_all; tc["total"] = time.process_time() - c_all
-    info = dict(covariance_kmax=kmax, timings_s=tm, cpu_s=tc, cg=cginfo, hit_fraction=sk["hit_fraction"], white_noise=s2, n_columns=len(cols),
-                n_pcs=n_pcs, correct_contrast=correct_contrast, oversampling=oversampling, zdims=zdims, seed=seed)
+
+    with timed("recovar pipeline", _log) as t_all:
+        s2, m0 = stage("mean0", _first_mean)
+        tight, dil, noise = stage("masks_noise", _masks_noise)
+        mean = stage("mean", lambda: estimate_mean(source, noise, oversampling, batch_size=batch_size))
+        below = torch.nonzero(mean["fsc"][1:] < 0.143)
+        first = int(below[0]) + 1 if len(below) else D // 2
+        log(f"mean: FSC(0.143) at shell {first}/{D // 2}, noise/σ² = {float(noise[D // 4] / s2):.3f}")
+        v, Fc = stage("variance", lambda: estimate_variance(source, mean["mean_ft"], noise, oversampling, batch_size))
+        kmax, rad = _column_limits(covariance_kmax, first, D, column_radius)
+        cols = pick_columns(Fc * v, n_columns, rad)
+        log(f"variance done; {len(cols)} covariance columns, |k'| ≤ {float(cols.float().norm(dim=1).max()):.1f} px")
+        n_sketch = min(max(n_pcs + 10, 2 * zdims[-1]), 2 * len(cols))
+        if kmax is not None:
+            log(f"covariance columns estimated for |k| < {kmax:.0f} px "
+                f"(images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)")
+        sk = stage("sketch", lambda: covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size,
+                                                       oversampling, batch_size, seed=seed, log=log, kmax=kmax))
+        n_pcs = min(n_pcs, len(sk["basis"]))
+        if zdims[-1] > n_pcs:
+            raise InputError(f"zdim {zdims[-1]} exceeds the number of principal components available ({n_pcs})")
+        basis = sk["basis"][:n_pcs]
+        stats, S, cginfo = stage("projected_covariance", _projected)
+        ev, V = torch.linalg.eigh(S)
+        order = torch.argsort(ev, descending=True)
+        s = ev[order].clamp(min=0).float()
+        V = V[:, order].float()
+        u = torch.einsum("jk,jxyz->kxyz", V, basis)
+        log(f"projected covariance: CG {cginfo['iterations']} it (rel. residual {cginfo['rel_residual']:.1e}); "
+            f"eigenvalues {s[:5].cpu().numpy()}")
+        with timed("recovar embedding", _log) as t:
+            embs = {z: embed(stats, V, s, z, correct_contrast) for z in zdims}
+        tm["embedding"] = t.seconds
+    tm["total"] = t_all.seconds
+    info = dict(covariance_kmax=kmax, timings_s=tm, cg=cginfo, hit_fraction=sk["hit_fraction"], white_noise=s2,
+                n_columns=len(cols), n_pcs=n_pcs, correct_contrast=correct_contrast, oversampling=oversampling,
+                zdims=zdims, seed=seed)
     return RecovarResult(D=D, apix=source.apix, mean=mean["mean"], halves=mean["halves"], halves_unfil=mean["halves_unfil"],
-                         mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols, column_fsc=sk["col_fsc"],
-                         u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset, info=info)
+                         mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols,
+                         column_fsc=sk["col_fsc"], u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset,
+                         info=info)
+
 
 # %% ../../nbs/11_recovar.ipynb #889c9d45
-_log = get_logger(__name__)
-
 def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
     """Bandwidth candidate per shell `(S,)`: the choice that is non-decreasing with frequency (wider kernels
     where the noise is larger) and minimises the total criterion `Σ_s counts_s · err[choice_s, s]` over the
