@@ -34,6 +34,11 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _stages(ckpt):
+    "Stage checkpoints saved so far (not the temporary file of a stage being written)."
+    return sorted(f.stem for f in ckpt.glob("*.pt") if not f.name.startswith(".")) if ckpt.exists() else []
+
+
 def _outputs(out):
     "Every array the pipeline writes that a resumed run must reproduce."
     d = {}
@@ -58,16 +63,16 @@ def test_kill_and_resume(files):
     kills = []
     for t in thresholds:
         p = subprocess.Popen(_cmd(paths, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while p.poll() is None and len(list(ckpt.glob("*.pt")) if ckpt.exists() else []) < t:
+        while p.poll() is None and len(_stages(ckpt)) < t:
             time.sleep(0.005)
         time.sleep(float(rng.uniform(0.0, 0.15)))                            # somewhere inside the next stage
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             p.wait()
-            kills.append((int(t), sorted(f.stem for f in ckpt.glob("*.pt")) if ckpt.exists() else []))
+            kills.append((int(t), _stages(ckpt)))
         assert not (out / "model" / "params.json").exists() or p.returncode == 0
     assert len(kills) >= 2, kills          # the last threshold may let a fast run finish first
-    saved = len(list(ckpt.glob("*.pt"))) if ckpt.exists() else 0
+    saved = len(_stages(ckpt))
     r = subprocess.run(_cmd(paths, out), env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     resumed = [ln for ln in (r.stdout + r.stderr).splitlines() if "resumed from" in ln]
@@ -82,7 +87,7 @@ def test_kill_and_resume(files):
         # mismatched stage) changes them at order 1
         np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-3 * float(np.abs(a[k]).max()), err_msg=k)
     assert not ckpt.exists()                                                # removed once the run is complete
-    assert not [f for f in out.rglob("*") if ".tmp" in f.name]              # no temporary file left behind
+    assert not [f for f in out.rglob("*") if ".tmp" in f.name]              # a killed run's temporary files are gone
     assert json.loads((out / "model" / "params.json").read_text())["fingerprint"]
 
 

@@ -143,6 +143,8 @@ def _pipeline_main(a) -> int:
             log(f"{out}: already complete with these parameters and data; nothing to do")
             return 0
         ckpt = out / "model" / "checkpoints"
+        for f in out.rglob(".*.tmp*"):                      # temporary files of a killed run (atomic_write's names)
+            if f.is_file(): f.unlink()
         res = recovar_pipeline(src, zdims=a.zdim, mask_option=opt, input_mask=input_mask, mask_dilate_iter=a.mask_dilate_iter,
                                correct_contrast=a.correct_contrast, n_columns=a.n_columns, column_radius=a.column_radius,
                                n_pcs=a.n_pcs, block_size=a.block_size, batch_size=a.batch_size, seed=a.seed, log=log,

@@ -621,6 +621,7 @@ def _column_limits(covariance_kmax, first_below: int, D: int, column_radius):
     if kmax is not None: rad = max(2.0, min(rad, kmax - 3))
     return kmax, rad
 
+# %% ../../nbs/11_recovar.ipynb #1d825777
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
                      column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
@@ -714,7 +715,6 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
                          column_fsc=sk["col_fsc"], u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset,
                          info=info)
 
-
 # %% ../../nbs/11_recovar.ipynb #889c9d45
 def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
     """Bandwidth candidate per shell `(S,)`: the choice that is non-decreasing with frequency (wider kernels
@@ -738,6 +738,8 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
         j = int(back[j, s])
     choice[n:] = choice[n - 1]
     return choice.to(err.device)
+
+# %% ../../nbs/11_recovar.ipynb #d9e25082
 def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
                       oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256,
                       bandwidth_rule: str = "monotone"):
