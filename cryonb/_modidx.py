@@ -286,6 +286,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cryonb.demo._fsc_summary': ('demo.html#_fsc_summary', 'cryonb/demo.py'),
                              'cryonb.demo._jsonable': ('demo.html#_jsonable', 'cryonb/demo.py'),
                              'cryonb.demo._last_stage': ('demo.html#_last_stage', 'cryonb/demo.py'),
+                             'cryonb.demo._mb': ('demo.html#_mb', 'cryonb/demo.py'),
                              'cryonb.demo._run_step': ('demo.html#_run_step', 'cryonb/demo.py'),
                              'cryonb.demo._step_key': ('demo.html#_step_key', 'cryonb/demo.py'),
                              'cryonb.demo._steps': ('demo.html#_steps', 'cryonb/demo.py'),
