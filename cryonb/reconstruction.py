@@ -611,7 +611,7 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     least every `checkpoint_every` images (rounded up to whole batches). If it exists when called, the run
     resumes after the images it holds; the images are added in the same order in the same batches, so the
     result is bit-identical to an uninterrupted run on the same device. It is deleted once the sums are
-    complete. Returns `Reconstructor.finalize`'s dict plus `oversampling` and `halfsets`. Raises
+    complete (with any temporary copy a kill left during a save). Returns `Reconstructor.finalize`'s dict plus `oversampling` and `halfsets`. Raises
     `InputError` without poses, with a pixel size unknown, an odd box, or a checkpoint of another run."""
     if getattr(ds, "rotations", None) is None:
         raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: no poses; give a pose file (--poses) or a STAR with angles")
@@ -630,6 +630,8 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
         key = dict(n=n, D=int(ds.D), apix=float(ds.apix), oversampling=ov, batch_size=int(batch_size),
                    halfsets=hs.tolist(), ctf=bool(ctf), invert=bool(invert), device=dev.type,
                    rotations_sum=float(ds.rotations.double().sum()))
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp*"):   # a kill during a checkpoint write
+            stale.unlink(missing_ok=True)
         if checkpoint.exists(): done = _load_checkpoint(checkpoint, rec, key)
     every = max(1, -(-int(checkpoint_every) // batch_size)) * batch_size
     bar = None
