@@ -538,7 +538,9 @@ def write_fsc_plot(path, freqs, curves: dict, apix: float, title: str = "Fourier
     out = [p]
     try:
         import kaleido  # noqa: F401
-        fig.write_image(str(p.with_suffix(".png"))); out.append(p.with_suffix(".png"))
+        with atomic_write(p.with_suffix(".png")) as tmp:
+            fig.write_image(str(tmp), format="png")
+        out.append(p.with_suffix(".png"))
     except Exception as e:
         print(f"note: no PNG written for {p.name} ({type(e).__name__}: {e}); the HTML plot has the same content", file=sys.stderr)
     return out

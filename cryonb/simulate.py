@@ -498,7 +498,9 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
         del vf
     stacks = writer.close()
     # ---- metadata files ----
-    if len(stacks) > 1: (out / "particles.txt").write_text("".join(f"{p.name}\n" for p in stacks))
+    if len(stacks) > 1:
+        with atomic_write(out / "particles.txt") as tmp:
+            tmp.write_text("".join(f"{p.name}\n" for p in stacks))
     optics, parts = _star_tables(writer.image_names(), R, shifts, ctf, labels, half, D, apix_o)
     cio.write_star(out / "particles.star", parts, optics)
     cio.write_poses_pkl(out / "pose.pkl", R, shifts.double() / apix_o / D)
