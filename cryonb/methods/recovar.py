@@ -61,7 +61,7 @@ def _shells2(D, device):
     f = torch.arange(D, device=device, dtype=torch.float32) - D // 2
     return torch.round(torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)).long()
 
-# %% ../../nbs/11_recovar.ipynb #3d6c2658
+# %% ../../nbs/11_recovar.ipynb #c36c1270
 class ArraySource:
     """Particles held as tensors. `images (N,D,D)` real; `rotations (N,3,3)` (RELION `A`); `shifts_A (N,2)` Å
     (origin, `(x,y)`); `ctf`: a `cryonb.ctf.CTFParams` (N entries) or precomputed CTF images `(N,D,D)` or
@@ -99,6 +99,7 @@ class ArraySource:
             yield prepare_batch(self.images[idx], self.rotations[idx], self.shifts[idx], c, self.apix,
                                 self.halfset[idx], idx, self.device)
 
+# %% ../../nbs/11_recovar.ipynb #7cbe5137
 class DatasetSource:
     """A `cryonb.data.ParticleDataset` as a source (images read lazily in batches). Half-sets: `halfset`, else
     the file's split (`rlnRandomSubset`), else a seeded split."""
@@ -333,7 +334,7 @@ def pick_columns(score, n_columns: int = 300, r_max: float | None = None, min_di
         alive &= ((cand - cand[j]).float().norm(dim=-1) >= min_dist)
     return torch.stack(picks).long()
 
-# %% ../../nbs/11_recovar.ipynb #7adcec71
+# %% ../../nbs/11_recovar.ipynb #37e4863a
 def _tent_corners(coords, M, width: int = 2):
     """Neighbours of grid coordinates `coords (...,3)` xyz (index units) under the separable tent kernel
     `Π_d max(0, 1 - |ξ_d - k_d|/width)` (width 1 = trilinear): linear indices `(...,(2w)³)` into `M³` `[z,y,x]`
@@ -393,6 +394,7 @@ def _column_block(source, cols, mean_ft, noise_profile, oversampling, batch_size
                 Hacc[h, j] += insert_grid(hh, R[sel], M, col_os).real.reshape(-1)
     return Bacc, Hacc, nhit / max(ntot, 1)
 
+# %% ../../nbs/11_recovar.ipynb #a9bb47ea
 def _regularize_columns(Bacc, Hacc, mask, n_iter: int = 3, col_os: int = 2):
     """Regularized real-space columns `(b, D,D,D)` complex (Σ(x,k'), masked, gridding-corrected) and
     their half-set FSC `(b, n)` per shell of $|k|$."""
@@ -421,6 +423,7 @@ def _regularize_columns(Bacc, Hacc, mask, n_iter: int = 3, col_os: int = 2):
         inv = (1.0 / tau.clamp(min=1e-30)).float()[:, sh]
     return solve(Bacc[0] + Bacc[1], Hacc[0] + Hacc[1], inv), fscc.float()
 
+# %% ../../nbs/11_recovar.ipynb #6a80e892
 def covariance_sketch(source, mean_ft, noise_profile, cols, mask, n_sketch: int = 60, block_size: int = 16,
                       oversampling: int = 2, batch_size: int = 256, n_iter: int = 3, seed: int = 0, log=None,
                       col_os: int = 2, kmax: float | None = None):
@@ -546,7 +549,7 @@ def embed(stats, V, s, zdim: int, correct_contrast: bool = False, n_contrasts: i
         res["contrast"].append(cb)
     return {k: torch.cat(v).float() for k, v in res.items()}
 
-# %% ../../nbs/11_recovar.ipynb #be2faaae
+# %% ../../nbs/11_recovar.ipynb #0c94b948
 @dataclass
 class RecovarResult:
     "Everything the pipeline estimates (tensors on the compute device; volumes `(D,D,D)` real, `[z,y,x]`)."
@@ -572,6 +575,7 @@ def principal_angles(U1, U2) -> np.ndarray:
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
     return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
 
+# %% ../../nbs/11_recovar.ipynb #ae7ee797
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
                      column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
@@ -636,7 +640,7 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
                          mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols, column_fsc=sk["col_fsc"],
                          u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset, info=info)
 
-# %% ../../nbs/11_recovar.ipynb #889c9d45
+# %% ../../nbs/11_recovar.ipynb #91b23b10
 _log = get_logger(__name__)
 
 def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
@@ -661,6 +665,8 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
         j = int(back[j, s])
     choice[n:] = choice[n - 1]
     return choice.to(err.device)
+
+# %% ../../nbs/11_recovar.ipynb #09ed00cc
 def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
                       oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256):
     """Volumes `(T,D,D,D)` at latent points `targets (T,K)` from the particles of `source`, their latents
@@ -842,7 +848,7 @@ def source_from_args(a, device=None):
     return src, ds
 
 
-# %% ../../nbs/11_recovar.ipynb #ebc18b59
+# %% ../../nbs/11_recovar.ipynb #2d567244
 def _source_for(outdir, device=None, lazy=None):
     r = load_result(outdir); a = dict(r["params"]["args"])
     if not a.get("particles"): raise InputError(f"{outdir}: params.json has no particle arguments (was the pipeline run from Python?)")
@@ -887,6 +893,7 @@ def _trajectory(z, density, start, end, n_vols):
     path = density_path(z, start, end, density=density)
     return resample_path(path.points, n_vols), path
 
+# %% ../../nbs/11_recovar.ipynb #df33fe5c
 def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, skip_umap: bool = False,
             n_vols: int = 6, volumes: bool = True, out=None, device=None, Bfactor: float = 0.0, noreg: bool = False):
     """RECOVAR `analyze`: k-means (centres snapped to particles) and their kernel-regression volumes, UMAP,
@@ -929,7 +936,6 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     if "umap" in res: rep.add_figure(latent_scatter(res["umap"], km.labels, "k-means", labels=("UMAP1", "UMAP2")), "UMAP of the latent coordinates.")
     rep.write(od / "report.html")
     return res
-
 
 # %% ../../nbs/11_recovar.ipynb #53a2dae4
 def _demo_run(ctx, params: dict) -> dict:
