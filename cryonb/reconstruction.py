@@ -613,7 +613,8 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     `checkpoint`: a file where the accumulated Fourier sums are saved (atomically, `core.atomic_write`) at
     least every `checkpoint_every` images (rounded up to whole batches). If it exists when called, the run
     resumes after the images it holds; the images are added in the same order in the same batches, so the
-    result is bit-identical to an uninterrupted run on the same device. It is deleted once the sums are
+    result is bit-identical to an uninterrupted run on the CPU (on CUDA the
+    scattered additions are unordered, so two runs, resumed or not, agree to float rounding). It is deleted once the sums are
     complete (with any temporary copy a kill left during a save). Returns `Reconstructor.finalize`'s dict plus `oversampling` and `halfsets`. Raises
     `InputError` without poses, with a pixel size unknown, an odd box, or a checkpoint of another run."""
     if getattr(ds, "rotations", None) is None:

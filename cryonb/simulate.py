@@ -382,7 +382,7 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
     `gt_maps/state_NNN.mrc`, `params.json`. Returns a `SimulatedDataset`.
     Every file is written atomically. Resumable: a checkpoint `simulate.ckpt.pt` is saved each time a
     stack file is complete; rerun with the same arguments after a kill, the simulation continues after the last
-    complete stack (same images, bit for bit on the same device) and deletes the checkpoint at the end; a
+    complete stack (same images, bit for bit on the CPU, where it is tested) and deletes the checkpoint at the end; a
     checkpoint of other parameters raises `InputError`.
     Raises `InputError` / `FileNotFoundError` for bad inputs."""
     t0 = time.time()
