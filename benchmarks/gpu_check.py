@@ -101,6 +101,45 @@ def check_recovar(dev, D=32, n=2000):
     report(f"RECOVAR pipeline D={D}, {n} images", float(np.max(ang)) < 5.0,
            f"top-2 eigenvolume angles CPU vs GPU {np.round(ang, 2).tolist()} deg; CPU {tc:.1f} s, GPU {tg:.1f} s")
 
+def check_training(dev):
+    "The training engine on the GPU: fp32, bf16 and fp16 (GradScaler) learn the tiny VAE; a resumed run equals an uninterrupted one."
+    from cryonb.training import TrainConfig, Trainer, TinyVAE, blob_images, vae_step
+    data = blob_images(256, 16, seed=0)
+    for amp in (None, "bf16", "fp16") if dev.type == "cuda" else (None, "bf16"):
+        with tempfile.TemporaryDirectory() as td:
+            torch.manual_seed(0)
+            model = TinyVAE(16, 1, 64)
+            cfg = TrainConfig(max_steps=150, batch_size=64, lr=3e-3, amp=amp, out_dir=td, ckpt_every=50, progress=False)
+            tr = Trainer(model, cfg, vae_step(), device=dev)
+            hist = tr.fit(data)
+            first, last = hist[0]["mse"], hist[-1]["mse"]
+            report(f"training TinyVAE amp={amp}", np.isfinite(last) and last < 0.5 * first,
+                   f"mse {first:.4f} -> {last:.4f} on {next(tr.model.parameters()).device}")
+    with tempfile.TemporaryDirectory() as td:
+        torch.manual_seed(0); full = Trainer(TinyVAE(16, 1, 64), TrainConfig(max_steps=60, batch_size=64, lr=3e-3, out_dir=f"{td}/a",
+                                                                         ckpt_every=20, log_every=1, progress=False), vae_step(), device=dev)
+        ha = full.fit(data)
+        torch.manual_seed(0); part = Trainer(TinyVAE(16, 1, 64), TrainConfig(max_steps=40, batch_size=64, lr=3e-3, out_dir=f"{td}/b",
+                                                                         ckpt_every=20, log_every=1, progress=False), vae_step(), device=dev)
+        part.fit(data)
+        torch.manual_seed(1); res = Trainer(TinyVAE(16, 1, 64), TrainConfig(max_steps=60, batch_size=64, lr=3e-3, out_dir=f"{td}/b",
+                                                                        ckpt_every=20, log_every=1, progress=False), vae_step(), device=dev)
+        hb = res.fit(data, resume=True)
+        diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(ha[40:], hb[-20:]))
+        report("training resume on the GPU", diff < 1e-4, f"max |loss difference| over the resumed steps {diff:.1e}")
+
+def check_restraints(dev):
+    from cryonb.structure import from_pdb
+    from cryonb.restraints import Restraints
+    cg = from_pdb(test_data_path("adk_closed_1ake.pdb"))
+    r = Restraints.from_model(cg, keep_ratio=0.8)
+    x = cg.coords.repeat(8, 1, 1) + 0.3 * torch.randn(8, cg.n_res, 3, generator=torch.Generator().manual_seed(0))
+    lc = r.losses(x)
+    lg = r.to(dev).losses(x.to(dev))
+    diff = max(abs(float(lc[k]) - float(lg[k])) / max(abs(float(lc[k])), 1e-12) for k in lc)
+    report("restraints CPU vs GPU (AdK, batch 8)", diff < 1e-4, f"max rel. diff {diff:.1e}: " +
+           ", ".join(f"{k} {float(v):.4g}" for k, v in lc.items()))
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -112,7 +151,7 @@ if __name__ == "__main__":
     q = a.quick
     for fn, kw in ((check_projection, dict(D=32 if q else 128, B=64 if q else 512)), (check_reconstruction, {}),
                    (check_cryosieve, dict(n=100 if q else 1000, D=32 if q else 128)),
-                   (check_recovar, dict(D=16 if q else 32, n=300 if q else 2000))):
+                   (check_recovar, dict(D=16 if q else 32, n=300 if q else 2000)), (check_training, {}), (check_restraints, {})):
         try:
             fn(dev, **kw)
         except Exception as e:
