@@ -397,6 +397,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'cryonb.io._located': ('io.html#_located', 'cryonb/io.py'),
                            'cryonb.io._matcher': ('io.html#_matcher', 'cryonb/io.py'),
                            'cryonb.io._no_fields': ('io.html#_no_fields', 'cryonb/io.py'),
+                           'cryonb.io._numeric': ('io.html#_numeric', 'cryonb/io.py'),
                            'cryonb.io._open_stack': ('io.html#_open_stack', 'cryonb/io.py'),
                            'cryonb.io._pose_arrays': ('io.html#_pose_arrays', 'cryonb/io.py'),
                            'cryonb.io._realize': ('io.html#_realize', 'cryonb/io.py'),
