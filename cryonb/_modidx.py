@@ -393,6 +393,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'cryonb.io._describe_pkl': ('io.html#_describe_pkl', 'cryonb/io.py'),
                            'cryonb.io._dtype_of': ('io.html#_dtype_of', 'cryonb/io.py'),
                            'cryonb.io._euler_to_matrix_np': ('io.html#_euler_to_matrix_np', 'cryonb/io.py'),
+                           'cryonb.io._group_labels': ('io.html#_group_labels', 'cryonb/io.py'),
+                           'cryonb.io._is_utf8': ('io.html#_is_utf8', 'cryonb/io.py'),
                            'cryonb.io._locate': ('io.html#_locate', 'cryonb/io.py'),
                            'cryonb.io._located': ('io.html#_located', 'cryonb/io.py'),
                            'cryonb.io._matcher': ('io.html#_matcher', 'cryonb/io.py'),

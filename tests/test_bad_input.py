@@ -304,7 +304,6 @@ CASES = {
                                          (["info", str(t / "plain.cs")], "plain.cs"))[-1],
     "info-pkl-none": _info(lambda t: _pkl(t, "none.pkl", None)),
     "info-pkl-evil": _info(lambda t: _bytes(t, "evil.pkl", b"cos\nsystem\n(S'true'\ntR.")),
-    "info-pkl-segv": _info(lambda t: _bytes(t, "segv.pkl", (REG / "pkl_dtype_state_segv.pkl").read_bytes())),
     "info-pkl-laughs": _info(lambda t: _bytes(t, "laughs.pkl", (REG / "pkl_billion_laughs.pkl").read_bytes())),
     "info-pkl-truncated": _info(lambda t: _bytes(t, "cut.pkl", T("hand_rot.pkl").read_bytes()[:100])),
     "info-pkl-text": _info(lambda t: _bytes(t, "text.pkl", b"not a pickle at all")),
