@@ -181,7 +181,7 @@ def available_methods() -> list[DemoMethod]:
     found.update(_REGISTRY)
     return list(found.values())
 
-# %% ../nbs/41_demo.ipynb #21cfe844
+# %% ../nbs/41_demo.ipynb #8319f20f
 def _steps(methods: list[DemoMethod]) -> list[str]:
     return ["dataset", "bounds"] + [f"method:{m.name}" for m in methods]
 
@@ -210,6 +210,7 @@ def step_file(ctx: DemoContext, name: str) -> Path:
     "Path of the cached result of step `name` (`out/steps/NAME.json`)."
     return ctx.out / "steps" / (name.replace(":", "_") + ".json")
 
+# %% ../nbs/41_demo.ipynb #48e7aaf1
 def run_demo(out="demo_out", size: str = "small", device: str | None = None, seed: int = 0, methods: list[str] | None = None,
              progress: bool = True, force: bool = False) -> Path:
     """Run the demo into `out` and return the path of `report.html`.
@@ -263,7 +264,7 @@ def _child_main(argv=None):
     with atomic_write(part) as tmp:
         tmp.write_text(json.dumps(_jsonable(res)))
 
-# %% ../nbs/41_demo.ipynb #533cd59f
+# %% ../nbs/41_demo.ipynb #425d011a
 def _fmt_pm(m, s): return f"{m:.3f} ± {s:.3f}"
 
 def results_table(results: dict, timings: dict):
@@ -289,6 +290,7 @@ def results_table(results: dict, timings: dict):
                      "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": round(t.get("peak_mem_MB", float("nan")))})
     return pd.DataFrame(rows)
 
+# %% ../nbs/41_demo.ipynb #1b993aa3
 def write_demo_report(ctx: DemoContext, results: dict, timings: dict) -> Path:
     "Write `ctx.out/report.html` (self-contained) and `ctx.out/results.csv` from the step results."
     import pandas as pd, plotly.graph_objects as go, plotly.io as pio

@@ -127,8 +127,8 @@ def test_regressions_replay(path):
     if path.suffix != ".pkl":
         _read(path.suffix, path.read_bytes())
         return
-    code = ("import sys, cryonb.io as io\n"
+    code = ("import sys, cryonb.io as io\nfrom cryonb.core import InputError\n"
             "try: io.read_pkl(sys.argv[1])\n"
-            "except (io.InputError, OSError) as e: print('refused:', e)\n")
+            "except (InputError, OSError) as e: print('refused:', e)\n")
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stderr[-1000:])

@@ -56,7 +56,7 @@ def _run_log(path: Path):
             lg.removeHandler(h)
     return (lambda *m: lg.info(" ".join(str(x) for x in m))), close
 
-# %% ../../nbs/commands/recovar.ipynb #7b99b3b6
+# %% ../../nbs/commands/recovar.ipynb #992ec45b
 def _pipeline_args(p):
     p.add_argument("particles", help="particles: .mrcs, .star, .cs or .txt")
     p.add_argument("-o", "--outdir", required=True)
@@ -102,6 +102,7 @@ def _covariance_kmax(s: str):
     if not v >= 0: raise InputError(f"--covariance-kmax: expected auto or a number of pixels >= 0, got {s!r}")
     return v or None
 
+# %% ../../nbs/commands/recovar.ipynb #c5ad49e4
 def _pipeline_main(a) -> int:
     if a.uninvert_data == "true":
         raise InputError("--uninvert-data true: cryonb does not flip the data's sign; give RELION-convention particles")
@@ -143,7 +144,7 @@ def _pipeline_main(a) -> int:
 pipeline = Command(_pipeline_args, _pipeline_main, "RECOVAR: mean, masks, noise, covariance, principal volumes and "
                    "embeddings, written in RECOVAR's layout with report.html and run.log.")
 
-# %% ../../nbs/commands/recovar.ipynb #26a58e79
+# %% ../../nbs/commands/recovar.ipynb #82bac06b
 def _compute_state_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
     p.add_argument("-o", "--out", required=True)
@@ -202,6 +203,7 @@ def _compute_trajectory_main(a) -> int:
 compute_trajectory = Command(_compute_trajectory_args, _compute_trajectory_main,
                              "Volumes along a high-density latent path (or a straight line) between two points.")
 
+# %% ../../nbs/commands/recovar.ipynb #7700f7d5
 def _analyze_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
     p.add_argument("--zdim", type=positive_int, required=True)

@@ -13,13 +13,15 @@ from ..core import get_device, InputError, get_logger
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
 from ..core import atomic_write
 from ..io import write_map
+from ..reconstruction import otsu_threshold, soften, sphere_mask
+from ..data import random_halfsets
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic',
-           'white_noise_level', 'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance',
-           'pick_columns', 'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed',
-           'RecovarResult', 'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression',
-           'save_result', 'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
+__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
+           'estimate_mean', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns', 'covariance_sketch',
+           'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult', 'principal_angles',
+           'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result', 'load_result', 'load_latents',
+           'source_from_args', 'reconstruct_at', 'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -59,7 +61,7 @@ def _shells2(D, device):
     f = torch.arange(D, device=device, dtype=torch.float32) - D // 2
     return torch.round(torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)).long()
 
-# %% ../../nbs/11_recovar.ipynb #3d6c2658
+# %% ../../nbs/11_recovar.ipynb #c36c1270
 class ArraySource:
     """Particles held as tensors. `images (N,D,D)` real; `rotations (N,3,3)` (RELION `A`); `shifts_A (N,2)` Å
     (origin, `(x,y)`); `ctf`: a `cryonb.ctf.CTFParams` (N entries) or precomputed CTF images `(N,D,D)` or
@@ -81,7 +83,7 @@ class ArraySource:
         self.ctf, self.apix = ctf, float(apix)
         if isinstance(ctf, (torch.Tensor, np.ndarray)) and tuple(ctf.shape) != (self.n, self.D, self.D):
             raise InputError(f"ArraySource: CTF images must be ({self.n},{self.D},{self.D}), got {tuple(ctf.shape)}")
-        self.halfset = split_halfsets(self.n, seed) if halfset is None else torch.as_tensor(halfset).long()
+        self.halfset = random_halfsets(self.n, seed) if halfset is None else torch.as_tensor(halfset).long()
         if tuple(self.halfset.shape) != (self.n,) or not bool(((self.halfset == 0) | (self.halfset == 1)).all()):
             raise InputError(f"ArraySource: halfset must be ({self.n},) with values 0/1")
         self.labels = None if labels is None else np.asarray(labels)
@@ -97,6 +99,7 @@ class ArraySource:
             yield prepare_batch(self.images[idx], self.rotations[idx], self.shifts[idx], c, self.apix,
                                 self.halfset[idx], idx, self.device)
 
+# %% ../../nbs/11_recovar.ipynb #7cbe5137
 class DatasetSource:
     """A `cryonb.data.ParticleDataset` as a source (images read lazily in batches). Half-sets: `halfset`, else
     the file's split (`rlnRandomSubset`), else a seeded split."""
@@ -112,7 +115,7 @@ class DatasetSource:
         elif getattr(ds, "halfset_source", None) == "file":
             h = torch.as_tensor(np.asarray(ds.halfset)).long()
             if h.numel() == self.n and len(torch.unique(h)) == 2: hs = (h == h.max()).long()
-        self.halfset = split_halfsets(self.n, seed) if hs is None else hs
+        self.halfset = random_halfsets(self.n, seed) if hs is None else hs
         lab = getattr(ds, "labels", None)
         if lab is not None: self.labels = np.asarray(lab)
 
@@ -131,11 +134,6 @@ def _collate(items):
     out["ctf"] = CTFParams.cat([it["ctf"] for it in items])
     return out
 
-def split_halfsets(n: int, seed: int = 0) -> torch.Tensor:
-    "Seeded random 50/50 split of `n` particles → `(n,)` int64 labels 0/1 (RECOVAR's fallback when no split is given)."
-    g = torch.Generator().manual_seed(seed)
-    h = torch.zeros(n, dtype=torch.long); h[torch.randperm(n, generator=g)[n // 2:]] = 1
-    return h
 
 def prepare_batch(images, rotations, shifts_A, ctf, apix, halfset, index, device):
     """One prepared batch: `y (B,D,D)` complex = centred FT of the images aligned by `+shifts_A`;
@@ -172,8 +170,8 @@ def _profile_to_image(profile, D, device):
     return profile.to(device)[sh]
 
 def _soft_sphere(D, device, radius=None, edge=2.0):
-    r = _radius3(D, 1, device); radius = D / 2 - 1 - edge if radius is None else radius
-    return torch.clamp(0.5 + 0.5 * torch.cos(math.pi * torch.clamp((r - radius) / edge, 0, 1)), 0, 1) * (r <= radius + edge)
+    "The sphere that bounds RECOVAR's maps: radius `D/2 − 1 − edge` px with a 2-px raised-cosine edge (`reconstruction.sphere_mask`)."
+    return sphere_mask(D, D / 2 - 1 - edge if radius is None else radius, edge, device=device)
 
 def white_noise_level(source, n_max: int = 2000, batch_size: int = 256) -> float:
     """Initial scalar noise variance σ² (per Fourier pixel, unnormalized FFT): the median over shells of the
@@ -233,21 +231,6 @@ def estimate_mean(source, noise_profile, oversampling: int = 2, n_iter: int = 3,
                 Fc_profile=Fc_prof.float(), mean_ft=_pad_ft(mean, os_), mean_unreg_ft=_pad_ft(mean_unreg, os_))
 
 # %% ../../nbs/11_recovar.ipynb #00b6f18d
-def _otsu(x: np.ndarray, nbins: int = 256) -> float:
-    "Otsu's threshold of the values `x` (maximizes the between-class variance of a 256-bin histogram)."
-    hist, edges = np.histogram(x.ravel(), bins=nbins)
-    mids = 0.5 * (edges[1:] + edges[:-1]); w0 = np.cumsum(hist); w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * mids) / np.maximum(w0, 1); m1 = ((hist * mids).sum() - np.cumsum(hist * mids)) / np.maximum(w1, 1)
-    return float(mids[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
-
-def soft_edge(binary: np.ndarray, width: float = 3.0) -> np.ndarray:
-    "Raised-cosine edge of `width` voxels outside a binary mask `(D,D,D)` → float mask in [0,1]."
-    from scipy import ndimage
-    b = np.asarray(binary, bool)
-    if width <= 0 or not b.any(): return b.astype(np.float32)
-    d = ndimage.distance_transform_edt(~b)
-    return np.where(b, 1.0, np.where(d < width, 0.5 + 0.5 * np.cos(np.pi * d / width), 0.0)).astype(np.float32)
-
 def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | None = None, D: int | None = None):
     """Tight and dilated masks `(D,D,D)` float32 numpy. `option`: `from_halfmaps` (needs `halves (2,D,D,D)`),
     `input` (needs `input_mask (D,D,D)`; thresholded at 0.5, then `dilate_iter` extra dilations), `sphere`, `none`.
@@ -263,27 +246,27 @@ def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | Non
         if halves is None: raise InputError("make_masks: --mask-option from_halfmaps needs the half-maps")
         avg = np.asarray(torch.as_tensor(halves).float().mean(0).cpu())
         sm = ndimage.gaussian_filter(avg, sigma=max(2.0, D / 64))
-        b = sm > _otsu(sm)
+        b = sm > otsu_threshold(sm)
         b = ndimage.binary_fill_holes(b)
         lab, nlab = ndimage.label(b)
         if nlab > 1: b = lab == (1 + np.argmax(ndimage.sum(b, lab, range(1, nlab + 1))))
         b = ndimage.binary_dilation(b, iterations=ext if dilate_iter is None else max(dilate_iter, 0)) if (dilate_iter is None or dilate_iter > 0) else b
-        tight = soft_edge(b, 3)
+        tight = soften(b, 3)
     elif option == "input":
         if input_mask is None: raise InputError("make_masks: --mask-option input needs --mask M.mrc")
         m = np.asarray(input_mask, dtype=np.float32)
         if m.shape != (D, D, D): raise InputError(f"make_masks: mask shape {m.shape} != particle box {(D, D, D)}")
         b = m > 0.5
         if dilate_iter: b = ndimage.binary_dilation(b, iterations=dilate_iter)
-        tight = soft_edge(b, 3)
+        tight = soften(b, 3)
     elif option == "sphere":
-        tight = soft_edge(r < D / 2 - 3, 3)
+        tight = soften(r < D / 2 - 3, 3)
     elif option == "none":
         tight = np.ones((D, D, D), np.float32)
     else:
         raise InputError(f"make_masks: unknown mask option {option!r} (from_halfmaps|input|sphere|none)")
     if option == "none": dil = tight.copy()
-    else: dil = soft_edge(ndimage.binary_dilation(tight > 0.5, iterations=ext), 3)
+    else: dil = soften(ndimage.binary_dilation(tight > 0.5, iterations=ext), 3)
     return tight.astype(np.float32), dil.astype(np.float32)
 
 # %% ../../nbs/11_recovar.ipynb #260d26cf
@@ -351,7 +334,7 @@ def pick_columns(score, n_columns: int = 300, r_max: float | None = None, min_di
         alive &= ((cand - cand[j]).float().norm(dim=-1) >= min_dist)
     return torch.stack(picks).long()
 
-# %% ../../nbs/11_recovar.ipynb #7adcec71
+# %% ../../nbs/11_recovar.ipynb #37e4863a
 def _tent_corners(coords, M, width: int = 2):
     """Neighbours of grid coordinates `coords (...,3)` xyz (index units) under the separable tent kernel
     `Π_d max(0, 1 - |ξ_d - k_d|/width)` (width 1 = trilinear): linear indices `(...,(2w)³)` into `M³` `[z,y,x]`
@@ -411,6 +394,7 @@ def _column_block(source, cols, mean_ft, noise_profile, oversampling, batch_size
                 Hacc[h, j] += insert_grid(hh, R[sel], M, col_os).real.reshape(-1)
     return Bacc, Hacc, nhit / max(ntot, 1)
 
+# %% ../../nbs/11_recovar.ipynb #a9bb47ea
 def _regularize_columns(Bacc, Hacc, mask, n_iter: int = 3, col_os: int = 2):
     """Regularized real-space columns `(b, D,D,D)` complex (Σ(x,k'), masked, gridding-corrected) and
     their half-set FSC `(b, n)` per shell of $|k|$."""
@@ -439,6 +423,7 @@ def _regularize_columns(Bacc, Hacc, mask, n_iter: int = 3, col_os: int = 2):
         inv = (1.0 / tau.clamp(min=1e-30)).float()[:, sh]
     return solve(Bacc[0] + Bacc[1], Hacc[0] + Hacc[1], inv), fscc.float()
 
+# %% ../../nbs/11_recovar.ipynb #6a80e892
 def covariance_sketch(source, mean_ft, noise_profile, cols, mask, n_sketch: int = 60, block_size: int = 16,
                       oversampling: int = 2, batch_size: int = 256, n_iter: int = 3, seed: int = 0, log=None,
                       col_os: int = 2, kmax: float | None = None):
@@ -564,7 +549,7 @@ def embed(stats, V, s, zdim: int, correct_contrast: bool = False, n_contrasts: i
         res["contrast"].append(cb)
     return {k: torch.cat(v).float() for k, v in res.items()}
 
-# %% ../../nbs/11_recovar.ipynb #be2faaae
+# %% ../../nbs/11_recovar.ipynb #0c94b948
 @dataclass
 class RecovarResult:
     "Everything the pipeline estimates (tensors on the compute device; volumes `(D,D,D)` real, `[z,y,x]`)."
@@ -590,6 +575,7 @@ def principal_angles(U1, U2) -> np.ndarray:
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
     return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
 
+# %% ../../nbs/11_recovar.ipynb #ae7ee797
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
                      column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
@@ -654,7 +640,7 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
                          mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols, column_fsc=sk["col_fsc"],
                          u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset, info=info)
 
-# %% ../../nbs/11_recovar.ipynb #889c9d45
+# %% ../../nbs/11_recovar.ipynb #91b23b10
 _log = get_logger(__name__)
 
 def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
@@ -679,6 +665,8 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
         j = int(back[j, s])
     choice[n:] = choice[n - 1]
     return choice.to(err.device)
+
+# %% ../../nbs/11_recovar.ipynb #09ed00cc
 def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
                       oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256):
     """Volumes `(T,D,D,D)` at latent points `targets (T,K)` from the particles of `source`, their latents
@@ -860,7 +848,7 @@ def source_from_args(a, device=None):
     return src, ds
 
 
-# %% ../../nbs/11_recovar.ipynb #ebc18b59
+# %% ../../nbs/11_recovar.ipynb #2d567244
 def _source_for(outdir, device=None, lazy=None):
     r = load_result(outdir); a = dict(r["params"]["args"])
     if not a.get("particles"): raise InputError(f"{outdir}: params.json has no particle arguments (was the pipeline run from Python?)")
@@ -905,6 +893,7 @@ def _trajectory(z, density, start, end, n_vols):
     path = density_path(z, start, end, density=density)
     return resample_path(path.points, n_vols), path
 
+# %% ../../nbs/11_recovar.ipynb #df33fe5c
 def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, skip_umap: bool = False,
             n_vols: int = 6, volumes: bool = True, out=None, device=None, Bfactor: float = 0.0, noreg: bool = False):
     """RECOVAR `analyze`: k-means (centres snapped to particles) and their kernel-regression volumes, UMAP,
@@ -947,7 +936,6 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     if "umap" in res: rep.add_figure(latent_scatter(res["umap"], km.labels, "k-means", labels=("UMAP1", "UMAP2")), "UMAP of the latent coordinates.")
     rep.write(od / "report.html")
     return res
-
 
 # %% ../../nbs/11_recovar.ipynb #53a2dae4
 def _demo_run(ctx, params: dict) -> dict:
