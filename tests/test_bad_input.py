@@ -456,7 +456,9 @@ def test_catalogue_is_large():
 
 def test_info_suggests_datadir_and_prints_short_numbers(tmp_path, capsys):
     _star(tmp_path, "nowhere.star", lambda p, o: (p, o), images=False)
-    assert cli.main(["info", str(tmp_path / "nowhere.star"), str(T("ctf1.pkl"))]) == 0
+    assert cli.main(["info", str(tmp_path / "nowhere.star"), str(T("ctf1.pkl")),
+                     str(T("cryosparc_P12_J24_001_particles.cs"))]) == 0
     out = capsys.readouterr().out
     assert "--datadir" in out and "None" not in out
+    assert "pixel size: 2.95 Å" in out and "2.950000047" not in out   # the .cs stores float32 2.95
     assert "Apix [1.035]" in out and "0.10000000149" not in out      # float32 values not echoed with 16 digits
