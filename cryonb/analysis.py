@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from scipy.sparse import csgraph, coo_matrix
-from .core import InputError
+from .core import InputError, atomic_write
 
 # %% auto #0
 __all__ = ['as_latents', 'nearest_point', 'PCAResult', 'pca', 'umap_embedding', 'KMeansResult', 'kmeans', 'Traversal',
@@ -367,20 +367,26 @@ class LatentAnalysis:
         "Write cryoDRGN-style outputs under `outdir` (created): pc/umap/labels `.npy`, `kmeans{K}/`, `pc{i}/` (1-based)."
         from cryonb.io import write_pkl
         out = Path(outdir); out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "z_pca.npy", self.pca.coords)
-        np.savetxt(out / "pca_explained_variance.txt", np.c_[self.pca.explained_variance, self.pca.explained_variance_ratio])
+        with atomic_write(out / "z_pca.npy") as tmp:
+            np.save(tmp, self.pca.coords)
+        with atomic_write(out / "pca_explained_variance.txt") as tmp:
+            np.savetxt(tmp, np.c_[self.pca.explained_variance, self.pca.explained_variance_ratio])
         if self.umap is not None:
-            np.save(out / "umap.npy", self.umap)
+            with atomic_write(out / "umap.npy") as tmp:
+                np.save(tmp, self.umap)
         K = len(self.kmeans.center_ind)
         kd = out / f"kmeans{K}"; kd.mkdir(exist_ok=True)
         write_pkl(kd / "labels.pkl", self.kmeans.labels)
-        np.savetxt(kd / "centers.txt", self.kmeans.centers)
-        np.savetxt(kd / "centers_ind.txt", self.kmeans.center_ind, fmt="%d")
+        with atomic_write(kd / "centers.txt") as tmp:
+            np.savetxt(tmp, self.kmeans.centers)
+        with atomic_write(kd / "centers_ind.txt") as tmp:
+            np.savetxt(tmp, self.kmeans.center_ind, fmt="%d")
         for i, t in self.traversals.items():
             pd_ = out / f"pc{i + 1}"; pd_.mkdir(exist_ok=True)
-            np.savetxt(pd_ / "z_values.txt", t.points)
-            np.savetxt(pd_ / "z_values_snapped.txt", t.snapped)
-            np.savetxt(pd_ / "ind.txt", t.ind, fmt="%d")
+            for name, values, fmt in (("z_values.txt", t.points, "%.18e"), ("z_values_snapped.txt", t.snapped, "%.18e"),
+                                      ("ind.txt", t.ind, "%d")):
+                with atomic_write(pd_ / name) as tmp:
+                    np.savetxt(tmp, values, fmt=fmt)
         return out
 
     def add_to_report(self, report, color=None, color_name: str = "", max_points: int = 20000):

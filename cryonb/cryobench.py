@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from .core import InputError, get_device
+from .core import InputError, get_device, atomic_write
 from .fourier import fsc as _fourier_fsc, fsc_auc as _fourier_auc, fsc_resolution as _fourier_res
 
 # %% auto #0
@@ -704,24 +704,36 @@ def write_results(res: dict, out) -> dict:
     `cryonb.report.Report`). Returns `{name: path}`."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = {}
-    res["summary"].to_csv(out / "metrics.csv", index=False); files["metrics.csv"] = out / "metrics.csv"
+
+    def _write_csv(df, path: Path) -> Path:
+        with atomic_write(path) as tmp:
+            df.to_csv(tmp, index=False)
+        return path
+
+    files["metrics.csv"] = _write_csv(res["summary"], out / "metrics.csv")
     js = {"method": res.get("method"), "dataset": str(res["bench"].root), "apix": res["bench"].apix,
           "summary": res["summary"].to_dict(orient="records")}
     curves = {}
     for key in ("per_state", "per_image", "upper", "lower"):
         r = res.get(key)
         if r is None: continue
-        r.table.to_csv(out / f"{key}_fsc.csv", index=False); files[f"{key}_fsc.csv"] = out / f"{key}_fsc.csv"
+        files[f"{key}_fsc.csv"] = _write_csv(r.table, out / f"{key}_fsc.csv")
         js[key] = r.table.to_dict(orient="records"); curves[f"{key}_fsc"] = r.curves; curves["freqs"] = r.freqs
-    if curves: np.savez(out / "fsc_curves.npz", **curves); files["fsc_curves.npz"] = out / "fsc_curves.npz"
+    if curves:
+        with atomic_write(out / "fsc_curves.npz") as tmp:
+            np.savez(tmp, **curves)
+        files["fsc_curves.npz"] = out / "fsc_curves.npz"
     for key, fn in (("ns", "neighborhood_similarity.csv"), ("ii", "information_imbalance.csv")):
         if res.get(key) is not None:
-            res[key].to_csv(out / fn, index=False); files[fn] = out / fn; js[key] = res[key].to_dict(orient="records")
+            files[fn] = _write_csv(res[key], out / fn)
+            js[key] = res[key].to_dict(orient="records")
     if res.get("pose") is not None:
         tab, info = res["pose"]
-        tab.to_csv(out / "pose_error.csv", index=False); files["pose_error.csv"] = out / "pose_error.csv"
+        files["pose_error.csv"] = _write_csv(tab, out / "pose_error.csv")
         js["pose_fit"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info.items()}
-    (out / "metrics.json").write_text(json.dumps(js, indent=1, default=float)); files["metrics.json"] = out / "metrics.json"
+    with atomic_write(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(js, indent=1, default=float))
+    files["metrics.json"] = out / "metrics.json"
     from cryonb.report import Report
     rep = Report(f"CryoBench evaluation: {res.get('method')}", f"dataset {res['bench'].root}, {len(res['bench'].labels)} images, "
                  f"{len(res['bench'].gt_maps)} GT states, D = {res['bench'].D}, {res['bench'].apix:g} Å/px")

@@ -181,7 +181,7 @@ def available_methods() -> list[DemoMethod]:
     found.update(_REGISTRY)
     return list(found.values())
 
-# %% ../nbs/41_demo.ipynb #8319f20f
+# %% ../nbs/41_demo.ipynb #21cfe844
 def _steps(methods: list[DemoMethod]) -> list[str]:
     return ["dataset", "bounds"] + [f"method:{m.name}" for m in methods]
 
@@ -210,7 +210,6 @@ def step_file(ctx: DemoContext, name: str) -> Path:
     "Path of the cached result of step `name` (`out/steps/NAME.json`)."
     return ctx.out / "steps" / (name.replace(":", "_") + ".json")
 
-# %% ../nbs/41_demo.ipynb #48e7aaf1
 def run_demo(out="demo_out", size: str = "small", device: str | None = None, seed: int = 0, methods: list[str] | None = None,
              progress: bool = True, force: bool = False) -> Path:
     """Run the demo into `out` and return the path of `report.html`.
@@ -264,8 +263,13 @@ def _child_main(argv=None):
     with atomic_write(part) as tmp:
         tmp.write_text(json.dumps(_jsonable(res)))
 
-# %% ../nbs/41_demo.ipynb #425d011a
+# %% ../nbs/41_demo.ipynb #533cd59f
 def _fmt_pm(m, s): return f"{m:.3f} ± {s:.3f}"
+
+def _mb(timing: dict):
+    "Peak memory (MB) of a step as an integer; NaN when the step has no figure."
+    v = timing.get("peak_mem_MB", float("nan"))
+    return round(v) if v == v else v
 
 def results_table(results: dict, timings: dict):
     "The side-by-side table: one row per bound/method with per-conformation AUC, resolution, time, memory."
@@ -278,7 +282,7 @@ def results_table(results: dict, timings: dict):
             s = b[key]
             rows.append({"method": label, "AUC mean ± std": _fmt_pm(s["auc_mean"], s["auc_std"]), "AUC median": round(s["auc_median"], 4),
                          "res. FSC=0.5 (Å)": round(s["res_05_A"], 2), "res. FSC=0.143 (Å)": round(s["res_0143_A"], 2),
-                         "time (s)": round(tb.get("wall_s", float("nan")), 1), "peak mem (MB)": round(tb.get("peak_mem_MB", float("nan")))})
+                         "time (s)": round(tb.get("wall_s", float("nan")), 1), "peak mem (MB)": _mb(tb)})
     for name, r in results.items():
         if not name.startswith("method:") or r.get("kind") == "sieving": continue
         t = timings.get(name, {})
@@ -287,10 +291,9 @@ def results_table(results: dict, timings: dict):
         s = r["per_state"]
         rows.append({"method": name[7:], "AUC mean ± std": _fmt_pm(s["auc_mean"], s["auc_std"]), "AUC median": round(s["auc_median"], 4),
                      "res. FSC=0.5 (Å)": round(s["res_05_A"], 2), "res. FSC=0.143 (Å)": round(s["res_0143_A"], 2),
-                     "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": round(t.get("peak_mem_MB", float("nan")))})
+                     "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": _mb(t)})
     return pd.DataFrame(rows)
 
-# %% ../nbs/41_demo.ipynb #1b993aa3
 def write_demo_report(ctx: DemoContext, results: dict, timings: dict) -> Path:
     "Write `ctx.out/report.html` (self-contained) and `ctx.out/results.csv` from the step results."
     import pandas as pd, plotly.graph_objects as go, plotly.io as pio
