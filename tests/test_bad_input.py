@@ -418,6 +418,15 @@ CASES = {
                                                "-o", str(t / "out")], "cut.mrc"),
     "center-origin-missing-pdb": lambda t: (["center-origin", "--pdb", str(t / "absent.pdb"), "--mrc",
                                              str(_copy(t, "toymodel_small_nocenter.mrc")), "-o", str(t / "out")], "absent.pdb"),
+    # ---------------------------------------------------------------- analyze / sieve / recovar (other helpers)
+    "analyze-z-pkl-none": lambda t: (["analyze", str(_pkl(t, "znone.pkl", None)), "-o", str(t / "out")], "znone.pkl"),
+    "analyze-z-nan": lambda t: (["analyze", str(_pkl(t, "znan.pkl", np.full((50, 2), np.nan, np.float32))),
+                                 "-o", str(t / "out")], "znan.pkl"),
+    "analyze-z-missing": lambda t: (["analyze", str(t / "absent_z.pkl"), "-o", str(t / "out")], "absent_z.pkl"),
+    "sieve-star-nan-angle": lambda t: (["sieve", "--i", str(S(t, "nan.star", _set("rlnAngleRot", np.nan))),
+                                        "--o", str(t / "out")], "nan.star"),
+    "recovar-poses-nan-rotation": lambda t: (["recovar", "pipeline", str(_copy(t, "hand.mrcs")), "-o", str(t / "out"),
+                                              "--poses", str(_pkl(t, "nanrot.pkl", _rot(100, np.nan)))], "nanrot.pkl"),
 }
 
 XFAIL = {}   # case id -> reason, only for cases verified to fail because of another helper's area
