@@ -427,6 +427,11 @@ CASES = {
                                         "--o", str(t / "out")], "nan.star"),
     "recovar-poses-nan-rotation": lambda t: (["recovar", "pipeline", str(_copy(t, "hand.mrcs")), "-o", str(t / "out"),
                                               "--poses", str(_pkl(t, "nanrot.pkl", _rot(100, np.nan)))], "nanrot.pkl"),
+    "reconstruct-angpix-zero": lambda t: (["reconstruct", "--i", str(S(t, "ok.star", lambda p, o: (p, o))),
+                                           "--angpix", "0", "--o", str(t / "out.mrc")], "--angpix"),
+    "fsc-apix-negative": lambda t: (["fsc", str(_copy(t, "toymodel_small_nocenter.mrc")),
+                                     str(_copy(t, "toymodel_small_nocenter.mrc", "b.mrc")), "--apix", "-2",
+                                     "-o", str(t / "out.txt")], "--apix"),
 }
 
 XFAIL = {}   # case id -> reason, only for cases verified to fail because of another helper's area
