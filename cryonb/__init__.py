@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 import importlib as _importlib
 
 _SUBMODULES = ["core", "fourier", "geometry", "ctf", "io", "data", "structure", "projection",
-               "reconstruction", "simulate", "datasets", "methods", "analysis", "cryobench",
+               "reconstruction", "simulate", "datasets", "atomic_vae", "methods", "analysis", "cryobench",
                "widgets", "report", "demo", "cli"]
 __all__ = ["__version__"] + _SUBMODULES
 
