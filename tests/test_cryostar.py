@@ -1,0 +1,113 @@
+"""cryoSTAR: the `cryonb cryostar` verbs end to end on a small simulated hinge dataset, config files
+(the reference's `.py` configs read without executing them, YAML, `--cfg-options`), bad input, resume."""
+import json
+import numpy as np
+import pytest
+import torch
+from cryonb import cli, structure
+from cryonb.methods import cryostar as cs
+
+CMD = ("cryonb.commands.cryostar", "cryostar", "cryoSTAR: train-atom | analyze")
+SMALL = ["model.model_cfg.encoder_hidden_dims=[64,32]", "data_loader.train_batch_per_gpu=16", "runner.max_steps=4",
+         "runner.ckpt_every_n_steps=2", "runner.ref_init_max_epochs=1", "data_process.low_pass_bandwidth=8.0",
+         "analyze.cluster_k=3", "analyze.n_points=4"]
+
+
+@pytest.fixture(autouse=True)
+def _verb(monkeypatch):
+    # the verb is registered in cli.COMMANDS by the coordinator; the tests do not depend on it
+    monkeypatch.setitem(cli.COMMANDS, "cryostar", CMD)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cryostar")
+    ds, ref, gt = cs.toy_dataset(d / "data", n=40, D=32, snr=10.0)
+    ref.to_pdb(d / "ref.pdb")
+    return d, ds, ref, gt
+
+
+def test_train_atom_cli_outputs_and_resume(data, tmp_path):
+    d, ds, ref, gt = data
+    base = ["cryostar", "train-atom", "--star", str(d / "data" / "particles.star"), "--ref", str(d / "ref.pdb"),
+            "--device", "cpu", "--cfg-options", *SMALL]
+    assert cli.main(base + ["-o", str(tmp_path / "a")]) == 0
+    for f in ("z.npy", "pca-1.pdb", "pca-2.pdb", "pca-3.pdb", "pred.pdb", "ckpt.pt", "log.jsonl", "report.html"):
+        assert (tmp_path / "a" / f).exists(), f
+    assert np.load(tmp_path / "a" / "z.npy").shape == (40, 8)
+    assert structure.from_pdb(tmp_path / "a" / "pred.pdb").n_models == 3
+    assert structure.from_pdb(tmp_path / "a" / "pca-1.pdb").n_models == 4
+    # a run stopped after step 2 (its checkpoint) and resumed by the same command ends identically
+    cfg = cs.load_config(None, SMALL)
+    cs.AtomTrainer(cfg, ds, structure.from_pdb(d / "ref.pdb", model=0), tmp_path / "b", "cpu").run(stop_at=2, progress=False)
+    assert cli.main(base + ["-o", str(tmp_path / "b")]) == 0
+    la = [json.loads(l)["total"] for l in open(tmp_path / "a" / "log.jsonl")]
+    lb = [json.loads(l)["total"] for l in open(tmp_path / "b" / "log.jsonl")]
+    assert la == lb and len(la) == 4
+    assert np.array_equal(np.load(tmp_path / "a" / "z.npy"), np.load(tmp_path / "b" / "z.npy"))
+    # analyze re-exports from the checkpoint
+    (tmp_path / "a" / "z.npy").unlink()
+    assert cli.main(["cryostar", "analyze", "--star", str(d / "data" / "particles.star"), "--ref", str(d / "ref.pdb"),
+                     "--device", "cpu", "-o", str(tmp_path / "a"), "--cfg-options", *SMALL]) == 0
+    assert np.allclose(np.load(tmp_path / "a" / "z.npy"), np.load(tmp_path / "b" / "z.npy"))
+
+
+def test_reference_py_config_not_executed(tmp_path):
+    marker = tmp_path / "executed"
+    p = tmp_path / "1ake.py"
+    p.write_text("dataset_attr = dict(\n    apix=1.0,\n    side_shape=128,\n    ref_pdb_path='pdbs/1akeA_50.pdb',\n)\n"
+                 "data_process = dict(down_side_shape=128, mask_rad=1.0, low_pass_bandwidth=4.)\n"
+                 "loss = dict(dist_keep_ratio=0.8, free_bits=3.0, warmup_step=10000, kl_beta_upper=0.5)\n"
+                 "optimizer = dict(lr=1e-4)\nrunner = dict(max_steps=24000)\n")
+    cfg = cs.load_config(p)
+    assert cfg["loss"]["dist_keep_ratio"] == 0.8 and cfg["optimizer"]["lr"] == 1e-4
+    assert cfg["dataset_attr"]["ref_pdb_path"] == "pdbs/1akeA_50.pdb"
+    q = tmp_path / "evil.py"
+    q.write_text(f"loss = dict(free_bits=open({str(marker)!r}, 'w').write('x'))\n")
+    with pytest.raises(cs.InputError, match=r"evil\.py.*line 1.*loss"):
+        cs.load_config(q)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text,key", [("loss:\n  dist_keep_ratio: 0\n", "loss.dist_keep_ratio"),
+                                      ("optimizer:\n  lr: -1\n", "optimizer.lr"),
+                                      ("loss:\n  image_loss: mse\n", "loss.image_loss"),
+                                      ("runner:\n  max_steps: 2.5x\n", "runner.max_steps")])
+def test_bad_config_exit_2_names_file_and_key(tmp_path, capsys, text, key):
+    y = tmp_path / "c.yaml"; y.write_text(text)
+    rc = cli.main(["cryostar", "train-atom", str(y), "-o", str(tmp_path / "o"), "--star", "x.star", "--ref", "r.pdb"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cryonb cryostar: error:" in err and "c.yaml" in err and key in err
+
+
+def test_unknown_override_and_missing_inputs(tmp_path, capsys):
+    assert cli.main(["cryostar", "train-atom", "-o", str(tmp_path), "--cfg-options", "loss.nope=1"]) == 2
+    assert "loss.nope" in capsys.readouterr().err
+    assert cli.main(["cryostar", "train-atom", "-o", str(tmp_path)]) == 2
+    assert "starfile_path" in capsys.readouterr().err
+
+
+def test_zero_deformation_renders_reference(data):
+    d, ds, ref, gt = data
+    cfg = cs.load_config(None, SMALL)
+    m = cs.build_atom_model(cfg, ref, ds.D, ds.apix).eval()
+    with torch.no_grad():
+        for p in m.deformer.net[-1].parameters(): p.zero_()
+    b = ds.get_batch(np.arange(5))
+    from cryonb.atomic_vae import image_formation
+    want = image_formation(ds.D, ds.apix, ref, 8.0)(b["rotations"], b["shifts"], b["ctf"], coords=ref.coords[0].expand(5, -1, -1))
+    torch.testing.assert_close(m(b)["pred"], want, atol=0, rtol=0)
+
+
+def test_learns_the_hinge(data, tmp_path):
+    "After a short training the decoded structures are closer to each image's ground truth than the reference is."
+    d, ds, ref, gt = data
+    cfg = cs.load_config(None, ["model.model_cfg.encoder_hidden_dims=[64,32]", "data_loader.train_batch_per_gpu=40",
+                                "runner.max_steps=150", "runner.ckpt_every_n_steps=1000", "optimizer.lr=1e-3",
+                                "data_process.low_pass_bandwidth=8.0", "loss.warmup_step=100", "runner.ref_init_max_epochs=1"])
+    m = cs.AtomTrainer(cfg, ds, ref, tmp_path, "cpu").run(progress=False)
+    from cryonb.atomic_vae import encode, decode_coords
+    pred = decode_coords(m, encode(m, ds, device="cpu"))
+    rmsd = structure.kabsch_rmsd(pred, gt).median()
+    base = structure.kabsch_rmsd(ref.coords[0].expand_as(gt), gt).median()
+    assert rmsd < 0.8 * base, (float(rmsd), float(base))
