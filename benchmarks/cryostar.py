@@ -1,0 +1,116 @@
+"""cryoSTAR benchmarks.
+
+    python benchmarks/cryostar.py speed [--sizes 64 128] [--batch 32] [--reference-src PATH]
+    python benchmarks/cryostar.py adk [--D 64] [--states 10] [--per-state 100] [--steps 3000] [--out DIR]
+
+`speed`: images per CPU-second of one training step (forward, restraints, backward, AdamW) of the atom
+generator on AdK (214 residues, 1AKE) at batch 32 with one thread, and the peak resident memory. The
+reference (bytedance/cryostar) is not on PyPI: `--reference-src` may point at a checkout; its step is not
+driven here yet (the figures the issue's author measured: 414 img/CPU-s at D=64, 114 at D=128).
+
+`adk`: trains on `cryonb.datasets.make_adk_dataset` (closed→open DIMS path) starting from the 1AKE crystal
+structure and reports, per image, the Kabsch-aligned Cα RMSD of the decoded structure to that image's
+ground-truth frame (median overall and per state), next to the unmoved reference (baseline), and the mean
+bond-length deviation of the decoded structures.
+"""
+import argparse, json, os, resource, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+
+
+def _adk_reference():
+    from cryonb import datasets, structure
+    return structure.from_pdb(datasets.adk_files()["closed"], model=0)
+
+
+def speed(sizes, batch, steps, reference_src=None):
+    torch.set_num_threads(1)
+    from cryonb.methods import cryostar as cs
+    from cryonb.ctf import CTFParams
+    from cryonb.geometry import random_rotations
+    ref = _adk_reference()
+    rows = []
+    for D in sizes:
+        apix = 1.0 if D == 128 else 2.0
+        cfg = cs.load_config(None, [f"data_loader.train_batch_per_gpu={batch}"])
+        model = cs.build_atom_model(cfg, ref, D, apix)
+        rs = cs.Restraints(ref)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        from cryonb.atomic_vae import circular_mask, masked_correlation_loss, kl_free_bits
+        M = circular_mask(D, 0.9375)
+        g = torch.Generator().manual_seed(0)
+        b = {"images": torch.randn(batch, D, D, generator=g), "rotations": random_rotations(batch, seed=0),
+             "shifts": torch.randn(batch, 2, generator=g),
+             "ctf": CTFParams(torch.full((batch,), 15000.), torch.full((batch,), 14500.), torch.full((batch,), 30.),
+                              torch.full((batch,), 300.), torch.full((batch,), 2.7), torch.full((batch,), 0.1))}
+
+        def step():
+            out = model(b)
+            c = out["coords"]
+            loss = (masked_correlation_loss(out["pred"], b["images"], M) + rs.continuity(c) + rs.elastic(c, 0.8)
+                    + rs.clash(c) + 0.5 * kl_free_bits(out["mu"], out["logvar"], 3.0) / M.sum())
+            opt.zero_grad(); loss.backward(); opt.step()
+        for _ in range(2): step()
+        t0 = time.process_time()
+        for _ in range(steps): step()
+        cpu = time.process_time() - t0
+        rows.append({"D": D, "batch": batch, "img_per_cpu_s": batch * steps / cpu,
+                     "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     "reference_img_per_cpu_s (issue)": {64: 414, 128: 114}.get(D)})
+        print(json.dumps(rows[-1]), flush=True)
+    if reference_src:
+        print(f"--reference-src {reference_src}: driving the reference's training_step is not implemented yet", file=sys.stderr)
+    return rows
+
+
+def adk(D, states, per_state, steps, out, snr, lr, batch, seed=0):
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from cryonb import datasets, structure
+    from cryonb.data import ParticleDataset
+    from cryonb.methods import cryostar as cs
+    from cryonb.atomic_vae import encode, decode_coords
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    apix = 1.5 if D == 64 else 1.0
+    if not (out / "data" / "particles.star").exists() and not list((out / "data").glob("*.star")):
+        datasets.make_adk_dataset(out / "data", states=states, images_per_state=per_state, D=D, apix=apix, snr=snr, seed=seed)
+    star = sorted((out / "data").glob("*.star"))[0]
+    ds = ParticleDataset(star, labels=sorted((out / "data").glob("labels*"))[0] if list((out / "data").glob("labels*")) else None)
+    ref = _adk_reference()
+    gt_models = structure.from_pdb(out / "data" / "gt_models.pdb")
+    lab = ds.labels.numpy()
+    gt = gt_models.coords[torch.as_tensor(lab)]
+    cfg = cs.load_config(None, [f"runner.max_steps={steps}", f"data_loader.train_batch_per_gpu={batch}", f"optimizer.lr={lr}",
+                                "runner.ckpt_every_n_steps=500", f"loss.warmup_step={max(1, steps // 3)}"])
+    t0 = time.time()
+    model = cs.AtomTrainer(cfg, ds, ref, out / "run", "cpu").run(progress=False)
+    t_train = time.time() - t0
+    z = encode(model, ds, device="cpu")
+    pred = decode_coords(model, z)
+    r_pred = structure.kabsch_rmsd(pred.double(), gt.double()).numpy()
+    r_base = structure.kabsch_rmsd(ref.coords[0].double().expand_as(gt), gt.double()).numpy()
+    bonds = lambda x: (x[:, 1:] - x[:, :-1]).norm(dim=-1)
+    bond_dev = float((bonds(pred) - bonds(ref.coords[0][None])).abs().mean())
+    res = {"D": D, "apix": apix, "n_images": len(ds), "steps": steps, "batch": batch, "train_s": round(t_train, 1),
+           "median_rmsd_decoded_A": float(np.median(r_pred)), "median_rmsd_reference_A": float(np.median(r_base)),
+           "per_state": {int(s): {"decoded": float(np.median(r_pred[lab == s])), "reference": float(np.median(r_base[lab == s]))}
+                         for s in np.unique(lab)},
+           "mean_bond_length_deviation_A": bond_dev}
+    print(json.dumps(res, indent=1))
+    (out / "adk_result.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("speed"); s.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    s.add_argument("--batch", type=int, default=32); s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--reference-src", default=None)
+    a = sub.add_parser("adk"); a.add_argument("--D", type=int, default=64); a.add_argument("--states", type=int, default=10)
+    a.add_argument("--per-state", type=int, default=100); a.add_argument("--steps", type=int, default=2000)
+    a.add_argument("--batch", type=int, default=64); a.add_argument("--lr", type=float, default=1e-4)
+    a.add_argument("--snr", type=float, default=0.1); a.add_argument("--out", default="cryostar_adk")
+    args = ap.parse_args()
+    if args.mode == "speed": speed(args.sizes, args.batch, args.steps, args.reference_src)
+    else: adk(args.D, args.states, args.per_state, args.steps, args.out, args.snr, args.lr, args.batch)
