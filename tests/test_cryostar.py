@@ -111,3 +111,20 @@ def test_learns_the_hinge(data, tmp_path):
     rmsd = structure.kabsch_rmsd(pred, gt).median()
     base = structure.kabsch_rmsd(ref.coords[0].expand_as(gt), gt).median()
     assert rmsd < 0.8 * base, (float(rmsd), float(base))
+
+
+def test_train_density_cli(data, tmp_path):
+    d, ds, ref, gt = data
+    np.save(tmp_path / "z.npy", np.random.default_rng(0).normal(size=(len(ds), 2)).astype(np.float32))
+    args = ["cryostar", "train-density", "--star", str(d / "data" / "particles.star"), "--ref", str(d / "ref.pdb"),
+            "-o", str(tmp_path), "--device", "cpu", "--hidden", "32", "--n-blocks", "1", "--max-steps", "2",
+            "--density-batch", "4", "--cfg-options", "analyze.cluster_k=2", "analyze.n_points=2", "analyze.n_pcs=1"]
+    assert cli.main(args) == 0
+    import mrcfile
+    with mrcfile.open(tmp_path / "vol_kmeans_001.mrc") as m:
+        assert m.data.shape == (32, 32, 32) and abs(float(m.voxel_size.x) - ds.apix) < 1e-6
+        assert abs(float(m.header.origin.x) + 16 * ds.apix) < 1e-4
+    assert (tmp_path / "vol_pca_1_001.mrc").exists() and (tmp_path / "fsc_kmeans.json").exists()
+    (tmp_path / "z.npy").write_bytes(b"")
+    np.save(tmp_path / "z.npy", np.zeros((3, 2), np.float32))
+    assert cli.main(args) == 2
