@@ -574,6 +574,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'cryonb.methods.cryostar.Restraints.elastic': ( 'cryostar.html#restraints.elastic',
                                                                                          'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar._coerce': ('cryostar.html#_coerce', 'cryonb/methods/cryostar.py'),
+                                         'cryonb.methods.cryostar._demo_run': ('cryostar.html#_demo_run', 'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar._fail': ('cryostar.html#_fail', 'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar._get': ('cryostar.html#_get', 'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar._literal': ('cryostar.html#_literal', 'cryonb/methods/cryostar.py'),
