@@ -7,9 +7,9 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBMODULES = ["core", "fourier", "geometry", "ctf", "io", "data", "structure", "projection",
-               "reconstruction", "simulate", "datasets", "atomic_vae", "methods", "analysis", "cryobench",
-               "widgets", "report", "demo", "cli"]
+_SUBMODULES = ["core", "distributed", "fourier", "geometry", "ctf", "io", "data", "structure", "projection",
+               "reconstruction", "simulate", "datasets", "synthetic", "atomic_vae", "methods", "analysis", "cryobench",
+               "widgets", "report", "demo", "commands", "cli"]
 __all__ = ["__version__"] + _SUBMODULES
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'InputError', 'as_tensor', 'batches', 'atomic_write', 'get_logger', 'timed']
+__all__ = ['get_device', 'InputError', 'as_tensor', 'batches', 'as_numpy', 'atomic_write', 'get_logger', 'timed']
 
 # %% ../nbs/00_core.ipynb #16522c38
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -44,6 +44,11 @@ def batches(n: int, batch_size: int):
     "Yield `slice`s covering `range(n)` in blocks of `batch_size` (the last may be shorter)."
     if batch_size < 1: raise InputError(f"batch_size must be >= 1, got {batch_size}")
     for i in range(0, n, batch_size): yield slice(i, min(i + batch_size, n))
+
+def as_numpy(x) -> np.ndarray:
+    "`x` (tensor on any device, ndarray or array-like) as a NumPy array (a tensor is detached and copied to the CPU)."
+    if isinstance(x, torch.Tensor): return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 # %% ../nbs/00_core.ipynb #2674c27b
 import contextlib, logging, tempfile, time

@@ -9,10 +9,12 @@ import torch
 from pathlib import Path
 from torch.utils.data import Dataset, DataLoader, BatchSampler, SequentialSampler, RandomSampler
 from .io import (load_particles, read_images, read_pkl, ParticleMetadata, CryoFormatError,
-                       NonFiniteImageError, StackNotFoundError, ImageIndexError, _to_numpy)
+                       NonFiniteImageError, StackNotFoundError, ImageIndexError)
+from .core import as_numpy
+from .core import InputError
 
 # %% auto #0
-__all__ = ['ParticleDataset', 'collate_particles', 'batch_to', 'ParticleLoader']
+__all__ = ['ParticleDataset', 'collate_particles', 'batch_to', 'ParticleLoader', 'random_halfsets', 'halfsets']
 
 # %% ../nbs/04_data.ipynb #41b73eb4
 def _read_labels(labels, meta):
@@ -24,7 +26,7 @@ def _read_labels(labels, meta):
         if p.endswith(".npy"): a = np.load(p, allow_pickle=False)
         elif p.endswith(".txt"): a = np.loadtxt(p, ndmin=1)
         else: a = read_pkl(p)
-    else: a = _to_numpy(labels)
+    else: a = as_numpy(labels)
     a = np.asarray(a).reshape(-1)
     if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(a == np.round(a))):
         raise CryoFormatError(f"{what}: expected integer labels; got {a.dtype}")
@@ -112,7 +114,7 @@ class ParticleDataset(Dataset):
 
     def get_batch(self, idx) -> dict:
         "Batch dict for dataset indices `idx` (see class docstring)."
-        idx = np.asarray(_to_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
+        idx = np.asarray(as_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise ImageIndexError(f"{self.meta.source}: dataset index out of range 0..{len(self) - 1}: {idx[(idx >= len(self)) | (idx < -len(self))][:5].tolist()}")
         idx = idx % max(len(self), 1)
@@ -132,16 +134,18 @@ class ParticleDataset(Dataset):
 
     def subset(self, idx) -> "ParticleDataset":
         "A dataset over particles `idx` (indices into this dataset), same downsampling."
-        idx = np.asarray(_to_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        idx = np.asarray(as_numpy(idx) if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
         return ParticleDataset(meta=self.meta.subset(idx), labels=self.labels[torch.from_numpy(idx)],
                                downsample=self.D if self.D != self.D_orig else None, check_finite=self.check_finite)
 
     def loader(self, batch_size: int = 64, device=None, num_workers: int = 0, shuffle: bool = False,
-               drop_last: bool = False, seed: int | None = None, pin_memory: bool | None = None) -> "ParticleLoader":
+               drop_last: bool = False, seed: int | None = None, pin_memory: bool | None = None,
+               distributed: bool = False) -> "ParticleLoader":
         """Iterate over batch dicts (see class docstring) moved to `device` (`None` = cryonb's default
         device, CUDA when available). Each batch is fetched in one call (worker processes with
-        `num_workers > 0`); `shuffle` with `seed` is reproducible."""
-        return ParticleLoader(self, batch_size, device, num_workers, shuffle, drop_last, seed, pin_memory)
+        `num_workers > 0`); `shuffle` with `seed` is reproducible. `distributed=True` gives this rank its
+        share of the particles (`torch.utils.data.DistributedSampler`; call `loader.set_epoch(e)` each epoch)."""
+        return ParticleLoader(self, batch_size, device, num_workers, shuffle, drop_last, seed, pin_memory, distributed)
 
 # %% ../nbs/04_data.ipynb #ff000572
 def collate_particles(items: list) -> dict:
@@ -167,18 +171,62 @@ def _identity(x): return x
 
 class ParticleLoader:
     "Iterable of batch dicts from a `ParticleDataset` on a device (made by `ParticleDataset.loader`)."
-    def __init__(self, ds, batch_size, device=None, num_workers=0, shuffle=False, drop_last=False, seed=None, pin_memory=None):
+    def __init__(self, ds, batch_size, device=None, num_workers=0, shuffle=False, drop_last=False, seed=None, pin_memory=None,
+                 distributed=False):
         from cryonb.core import get_device
+        from cryonb import distributed as dist
         self.ds, self.device = ds, get_device(device)
         g = None
         if shuffle:
             g = torch.Generator(); g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-        base = RandomSampler(ds, generator=g) if shuffle else SequentialSampler(ds)
+        if distributed:
+            from torch.utils.data import DistributedSampler
+            base = DistributedSampler(ds, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=shuffle,
+                                      seed=0 if seed is None else int(seed), drop_last=drop_last)
+        else:
+            base = RandomSampler(ds, generator=g) if shuffle else SequentialSampler(ds)
+        self._base = base
         self.sampler = BatchSampler(base, batch_size, drop_last)
         pin = (self.device.type == "cuda") if pin_memory is None else pin_memory
         self.dl = DataLoader(ds, sampler=self.sampler, batch_size=None, num_workers=num_workers,
                              collate_fn=_identity, pin_memory=pin, persistent_workers=False)
         self._nb = self.device.type == "cuda"
     def __len__(self): return len(self.sampler)
+    def set_epoch(self, epoch: int):
+        "Reshuffle a distributed loader for `epoch` (every rank the same permutation)."
+        if hasattr(self._base, "set_epoch"): self._base.set_epoch(epoch)
     def __iter__(self):
         for b in self.dl: yield batch_to(b, self.device, self._nb)
+
+# %% ../nbs/04_data.ipynb #47f4a6bf
+def random_halfsets(n: int, seed: int = 0) -> torch.Tensor:
+    "Seeded random 50/50 split of `n` particles → `(n,)` int64 labels 0/1 (the second half of a permutation is 1)."
+    g = torch.Generator().manual_seed(int(seed))
+    h = torch.zeros(n, dtype=torch.int64)
+    h[torch.randperm(n, generator=g)[n // 2:]] = 1
+    return h
+
+def halfsets(ds, policy: str = "auto", seed: int = 0) -> tuple[torch.Tensor, str]:
+    """Half-set labels `(N,)` int64 0/1 for a dataset `ds` (a `ParticleDataset` or anything with `halfset`,
+    `halfset_source` and a length) and the policy actually used: `'auto'` (the file's `rlnRandomSubset`
+    when every particle has one and both half-sets are present, else `'random'`), `'data'`, `'random'`
+    (`random_halfsets(N, seed)`) or `'alternate'` (even/odd). Raises `InputError` when `'data'` is asked for
+    and the file has no usable split, or for an unknown policy."""
+    src = getattr(ds, "halfset_source", "file")
+    hs = getattr(ds, "halfset", None)
+    name = getattr(getattr(ds, "meta", None), "source", "dataset")
+    if policy == "auto":
+        ok = src == "file" and hs is not None and bool((hs >= 0).all()) and bool((hs == 0).any()) and bool((hs == 1).any())
+        policy = "data" if ok else "random"
+    if policy == "data":
+        if hs is None or src != "file":
+            raise InputError(f"{name}: halfsets='data' but the particles carry no rlnRandomSubset; use halfsets='random'")
+        hs = torch.as_tensor(hs).long()
+        if bool((hs < 0).any()): raise InputError(f"{name}: {int((hs < 0).sum())} particles have no half-set (rlnRandomSubset)")
+        if not (bool((hs == 0).any()) and bool((hs == 1).any())):
+            raise InputError(f"{name}: rlnRandomSubset holds a single half-set; use halfsets='random'")
+        return hs, "data"
+    n = len(hs) if hs is not None else len(ds)
+    if policy == "random": return random_halfsets(n, seed), "random"
+    if policy == "alternate": return torch.arange(n) % 2, "alternate"
+    raise InputError(f"halfsets must be 'auto', 'data', 'random' or 'alternate', got {policy!r}")

@@ -16,9 +16,9 @@ from .projection import grid_to_volume
 from .io import read_map, write_map
 
 # %% auto #0
-__all__ = ['Reconstructor', 'sphere_mask', 'mask_from_halfmaps', 'load_mask', 'fsc_shell_counts', 'randomize_phases',
-           'masked_fsc', 'bfactor_sharpen', 'guinier', 'fit_bfactor', 'postprocess', 'write_fsc_txt', 'write_fsc_plot',
-           'write_postprocess', 'reconstruct_dataset']
+__all__ = ['Reconstructor', 'soft_edge', 'sphere_mask', 'otsu_threshold', 'soften', 'mask_from_halfmaps', 'load_mask',
+           'fsc_shell_counts', 'randomize_phases', 'masked_fsc', 'bfactor_sharpen', 'guinier', 'fit_bfactor',
+           'postprocess', 'write_fsc_txt', 'write_fsc_plot', 'write_postprocess', 'reconstruct_dataset']
 
 # %% ../nbs/07_reconstruction.ipynb #c245624f
 def _check_map(x, name: str = "map", like: torch.Tensor | None = None) -> torch.Tensor:
@@ -250,8 +250,9 @@ class Reconstructor:
                     counts=list(self.counts), apix=self.apix)
 
 # %% ../nbs/07_reconstruction.ipynb #95330bf8
-def _soft_edge(dist: torch.Tensor, soft_edge_px: float) -> torch.Tensor:
-    "Raised-cosine fall-off of a distance-outside-the-mask `dist` (pixels): 1 at 0, 0 at `soft_edge_px`."
+def soft_edge(dist: torch.Tensor, soft_edge_px: float) -> torch.Tensor:
+    """Raised-cosine fall-off of a distance outside a mask `dist` (pixels, any shape): 1 at ≤ 0, 0 at ≥ `soft_edge_px`,
+    `(1 + cos(π d / w))/2` between (RELION's `width_soft_edge`). The one soft edge of cryonb's masks."""
     if soft_edge_px <= 0: return (dist <= 0).to(dist.dtype)
     t = (dist / soft_edge_px).clamp(0, 1)
     return 0.5 * (1 + torch.cos(math.pi * t))
@@ -267,18 +268,28 @@ def sphere_mask(D: int, radius_px: float | None = None, soft_edge_px: float = 0.
         raise InputError(f"sphere_mask: need radius_px > 0 and soft_edge_px >= 0 (pixels), got {radius_px}, {soft_edge_px}")
     x = torch.arange(D, device=get_device(device), dtype=torch.float64) - D // 2
     r = torch.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
-    return _soft_edge(r - radius_px, soft_edge_px).to(dtype)
+    return soft_edge(r - radius_px, soft_edge_px).to(dtype)
 
 # %% ../nbs/07_reconstruction.ipynb #405f6c6c
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    "Otsu's threshold: the cut that maximises the between-class variance of a histogram (Otsu 1979)."
-    hist, edges = np.histogram(values, bins=bins)
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of `values` (any shape): the centre of the histogram bin that maximises the between-class
+    variance of a `bins`-bin histogram (Otsu 1979), the bin-centre convention of scikit-image's `threshold_otsu`."""
+    hist, edges = np.histogram(np.asarray(values).ravel(), bins=bins)
     centres = 0.5 * (edges[:-1] + edges[1:])
-    w0 = np.cumsum(hist).astype(float); w1 = w0[-1] - w0
+    w0 = np.cumsum(hist).astype(float)
+    w1 = w0[-1] - w0
     m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
     m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))] + 0.5 * (edges[1] - edges[0]))
+    return float(centres[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))])
+
+def soften(binary, soft_edge_px: float) -> np.ndarray:
+    """A binary mask `(D,D,D)` with a raised-cosine edge of `soft_edge_px` voxels outside it (Euclidean
+    distance transform, then `soft_edge`) → float32 in [0, 1]."""
+    from scipy import ndimage
+    b = np.asarray(binary, bool)
+    if soft_edge_px <= 0 or not b.any(): return b.astype(np.float32)
+    d = torch.as_tensor(ndimage.distance_transform_edt(~b))
+    return soft_edge(d, soft_edge_px).numpy().astype(np.float32)
 
 def mask_from_halfmaps(half1: torch.Tensor, half2: torch.Tensor | None = None, apix: float = 1.0,
                        lowpass_A: float = 15.0, threshold: float | None = None, dilate_px: float = 3.0,
@@ -298,7 +309,7 @@ def mask_from_halfmaps(half1: torch.Tensor, half2: torch.Tensor | None = None, a
     if lowpass_A and lowpass_A > 2 * apix:
         lp = F.filter_real(avg.float(), F.lowpass_mask(D, apix, lowpass_A, ndim=3, soft_edge_px=2, device=avg.device))
     a = lp.detach().cpu().double().numpy()
-    thr = _otsu(a.ravel()) if threshold is None else float(threshold)
+    thr = otsu_threshold(a.ravel()) if threshold is None else float(threshold)
     binary = a > thr
     if not binary.any():
         raise InputError(f"mask_from_halfmaps: no voxel of the {lowpass_A} Å low-passed map exceeds the threshold {thr:.4g}")
@@ -308,7 +319,7 @@ def mask_from_halfmaps(half1: torch.Tensor, half2: torch.Tensor | None = None, a
         binary = lab == int(np.argmax(sizes))
     dist = ndimage.distance_transform_edt(~binary)          # distance (px) to the nearest kept voxel
     dist = np.maximum(dist - dilate_px, 0.0)
-    return _soft_edge(torch.as_tensor(dist, device=avg.device), soft_edge_px).float()
+    return soft_edge(torch.as_tensor(dist, device=avg.device), soft_edge_px).float()
 
 def load_mask(path, D: int, apix: float | None = None, rtol: float = 1e-3) -> torch.Tensor:
     """Read a mask `.mrc` and check it against maps of box `D` and pixel size `apix` Å.
@@ -560,32 +571,6 @@ def _auto_oversampling(n_particles: int, D: int) -> int:
     "Padding factor for `n_particles` (both halves) at box `D`: 2 if each half has ≥ 2·D particles, else 1."
     return 2 if n_particles // 2 >= 2 * D else 1
 
-def _halfsets_for(ds, halfsets: str, seed: int) -> tuple[torch.Tensor | None, str]:
-    src = getattr(ds, "halfset_source", "file")
-    hs = getattr(ds, "halfset", None)
-    if halfsets == "auto":
-        ok = src == "file" and hs is not None and bool((hs >= 0).all()) and bool((hs == 0).any()) and bool((hs == 1).any())
-        halfsets = "data" if ok else "random"
-    if halfsets == "data":
-        if hs is None or src != "file":
-            raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: halfsets='data' but the particles carry no "
-                             "rlnRandomSubset; use halfsets='random'")
-        hs = torch.as_tensor(hs).long()
-        if bool((hs < 0).any()):
-            raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: {int((hs < 0).sum())} particles have no half-set (rlnRandomSubset)")
-        if not (bool((hs == 0).any()) and bool((hs == 1).any())):
-            raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: rlnRandomSubset holds a single half-set; use halfsets='random'")
-        return hs, "data"
-    n = len(ds.halfset) if getattr(ds, "halfset", None) is not None else len(ds)
-    if halfsets == "random":
-        g = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(n, generator=g)
-        hs = torch.zeros(n, dtype=torch.int64); hs[perm[n // 2:]] = 1
-        return hs, "random"
-    if halfsets == "alternate":
-        return torch.arange(n) % 2, "alternate"
-    raise InputError(f"halfsets must be 'auto', 'data', 'random' or 'alternate', got {halfsets!r}")
-
 def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = "auto", seed: int = 0,
                         ctf: bool = True, oversampling: int | str = "auto", regularization="fsc", n_iter: int = 2,
                         invert: bool = False, progress: bool = False) -> dict:
@@ -605,7 +590,8 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     n = len(ds)
     if n < 2: raise InputError(f"reconstruct_dataset: need at least 2 particles, got {n}")
     ov = _auto_oversampling(n, ds.D) if oversampling == "auto" else int(oversampling)
-    hs, how = _halfsets_for(ds, halfsets, seed)
+    from cryonb.data import halfsets as _halfsets
+    hs, how = _halfsets(ds, halfsets, seed)
     dev = get_device(device)
     rec = Reconstructor(ds.D, ds.apix, oversampling=ov, device=dev)
     it = ds.loader(batch_size, device=dev)

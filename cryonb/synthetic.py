@@ -35,6 +35,8 @@ def test_data_path(name: str) -> Path:
         tried.append(str(p))
     raise FileNotFoundError(f"test fixture {name!r} not found; tried: " + ", ".join(tried))
 
+test_data_path.__test__ = False     # a helper, not a test: pytest must not collect it where it is imported
+
 # %% ../nbs/09_synthetic.ipynb #f5d6aad8
 def _blob_weights(amplitudes, sigma_A: float, apix: float, ndim: int) -> torch.Tensor:
     "Integrals that give `render_gmm_*` a peak voxel value `amplitudes` (map) for blobs of width `sigma_A`."

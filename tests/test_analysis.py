@@ -9,7 +9,8 @@ from sklearn.decomposition import PCA as skPCA
 from cryonb.analysis import (as_latents, nearest_point, pca, umap_embedding, kmeans, pc_traversal, kde_density,
                              density_grid, density_path, linear_path, resample_path, farthest_pair, analyze_latents)
 from cryonb.core import InputError
-from cryonb.io import test_data_path as data_path, read_pkl
+from cryonb.io import read_pkl
+from cryonb.synthetic import test_data_path as data_path
 
 
 @pytest.fixture(scope="module")

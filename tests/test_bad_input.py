@@ -7,7 +7,7 @@ import pytest
 
 from cryonb import io as cio
 from cryonb.data import ParticleDataset
-from cryonb.io import test_data_path as T
+from cryonb.synthetic import test_data_path as T
 
 
 def _copy(tmp_path, *names):
@@ -126,7 +126,7 @@ def test_non_square_cs_blob_shape(tmp_path):
 
 # ---------------------------------------------------------------- .pkl holding anything but arrays
 class Payload:
-    def __reduce__(self): return (os.system, ("touch /tmp/cryonb_pwned",))
+    def __reduce__(self): return (os.system, ("touch cryonb_pwned",))
 
 
 class Plain:
@@ -143,7 +143,7 @@ def test_pkl_with_non_arrays_is_refused(tmp_path, obj, match):
     with pytest.raises(cio.UnsafePickleError, match=match) as e:
         cio.read_pkl(p)
     assert "x.pkl" in str(e.value) and isinstance(e.value, ValueError)
-    assert not os.path.exists("/tmp/cryonb_pwned")
+    assert not os.path.exists("cryonb_pwned")
 
 
 def test_pose_pkl_wrong_layouts(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from cryonb.cli import main
 from cryonb import io as cio
-from cryonb.io import test_data_path as T
+from cryonb.synthetic import test_data_path as T
 
 STAR = "FinalRefinement-OriginalParticles-PfCRT.star"
 CS = "cryosparc_P12_J24_001_particles.cs"

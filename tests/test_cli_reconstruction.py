@@ -8,7 +8,8 @@ import torch
 from cryonb.cli import main
 from cryonb.core import InputError
 from cryonb.geometry import matrix_to_euler
-from cryonb.io import read_map, write_map, read_poses_pkl, write_star, test_data_path as T
+from cryonb.io import read_map, write_map, read_poses_pkl, write_star
+from cryonb.synthetic import test_data_path as T
 from cryonb.reconstruction import sphere_mask
 
 torch.set_num_threads(1)

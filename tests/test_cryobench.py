@@ -10,7 +10,8 @@ from scipy.spatial.transform import Rotation
 
 from cryonb import cryobench as cb
 from cryonb.core import InputError
-from cryonb.io import read_map, test_data_path as T, write_poses_pkl
+from cryonb.io import read_map, write_poses_pkl
+from cryonb.synthetic import test_data_path as T
 
 
 # ---------------------------------------------------------------- independent FSC reference

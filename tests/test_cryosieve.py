@@ -195,7 +195,7 @@ def test_interleaved_optics_groups_keep_their_rows(tmp_path):
     """relion31.6opticsgroups.star lists particles by group 6,5,2,1,3,4 (pixel size and Cs differ by group).
     Synthetic images made from each row's own parameters: the junk is found, and reordering the rows (what the
     reference's merge does) moves each score with its row."""
-    from cryonb.io import test_data_path
+    from cryonb.synthetic import test_data_path
     d = synthetic.blob_dataset(tmp_path, n=139, D=32, apix=1.25, junk_fraction=0.2, noise_sigma=2.0, seed=13,
                         template_star=test_data_path("relion31.6opticsgroups.star"))
     parts = cs.SieveParticles(d["star"])

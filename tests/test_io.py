@@ -10,7 +10,7 @@ import mrcfile
 import starfile
 
 from cryonb import io as cio
-from cryonb.io import test_data_path as T
+from cryonb.synthetic import test_data_path as T
 
 
 def ref_pkl(name):

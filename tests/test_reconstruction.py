@@ -10,7 +10,8 @@ from cryonb.core import InputError
 from cryonb.ctf import CTFParams
 from cryonb.data import ParticleDataset
 from cryonb.geometry import random_rotations
-from cryonb.io import read_map, write_map, test_data_path as T
+from cryonb.io import read_map, write_map
+from cryonb.synthetic import test_data_path as T
 from cryonb.projection import prepare_volume, project, project_real
 from cryonb.reconstruction import (Reconstructor, reconstruct_dataset, sphere_mask, load_mask, masked_fsc,
                                    fsc_shell_counts, postprocess, mask_from_halfmaps)

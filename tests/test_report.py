@@ -62,11 +62,9 @@ def test_report_png_optional(tmp_path):
 
 
 def test_map_slices_from_real_file():
-    io = pytest.importorskip("cryonb.io")
-    try:
-        p = io.test_data_path("toymodel_small_nocenter.mrc")
-    except Exception:
-        pytest.skip("toymodel_small_nocenter.mrc not in tests/data")
+    from cryonb import io
+    from cryonb.synthetic import test_data_path
+    p = test_data_path("toymodel_small_nocenter.mrc")
     vol, apix = io.read_map(p)
     fig = map_slices_figure(p)
     D = np.asarray(vol).shape[0]

@@ -9,6 +9,7 @@ import torch
 import scipy.ndimage as ndi
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+from cryonb.synthetic import test_data_path
 from cryonb import io as cio
 from cryonb.ctf import ctf_2d
 from cryonb.fourier import fft2c, ifft2c, freq_grid_2d
@@ -230,8 +231,8 @@ def test_cryodrgn_reads_our_files(small, tmp_path):
 def test_ctf_tables_from_real_files():
     "Experimental CTF tables (cryoDRGN fixtures): a ctf.pkl, a RELION star and a cryoSPARC .cs."
     from cryonb.simulate import sample_ctf, load_ctf_table
-    pkl, star = cio.test_data_path("ctf1.pkl"), cio.test_data_path("FinalRefinement-OriginalParticles-PfCRT.star")
-    cs, cs_pkl = cio.test_data_path("cryosparc_P12_J24_001_particles.cs"), cio.test_data_path("ctf2.pkl")
+    pkl, star = test_data_path("ctf1.pkl"), test_data_path("FinalRefinement-OriginalParticles-PfCRT.star")
+    cs, cs_pkl = test_data_path("cryosparc_P12_J24_001_particles.cs"), test_data_path("ctf2.pkl")
     t_pkl = load_ctf_table(pkl)
     with pytest.raises(ValueError, match="amplitude_contrast"):
         load_ctf_table(star)                                     # this star has no rlnAmplitudeContrast

@@ -8,7 +8,8 @@ import ipywidgets as widgets
 
 import cryonb.widgets as W
 from cryonb.core import InputError
-from cryonb.io import test_data_path as data_path, read_map
+from cryonb.io import read_map
+from cryonb.synthetic import test_data_path as data_path
 
 
 def test_renderer_and_mimebundle():

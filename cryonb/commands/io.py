@@ -40,14 +40,18 @@ info = Command(_info_args, _info_main, "Summarise a stack/map/star/cs/txt/pkl/pd
                "optics groups, the columns present and the fields missing.")
 
 # %% ../../nbs/commands/io.ipynb #253f4760
-def _parse_pose_args(p):
+def _table_args(p, what: str):
+    "The input table, `-D`, `--Apix`, `--datadir` and `-o` shared by `parse-pose` and `parse-ctf` (cryoDRGN's spellings)."
     p.add_argument("input", help="RELION .star or cryoSPARC .cs")
     p.add_argument("-D", type=positive_int, default=None, help="box size in pixels (default: from the file/stacks)")
-    p.add_argument("--Apix", type=positive_float, default=None, help="pixel size in Å (to convert Å origins to pixels)")
+    p.add_argument("--Apix", type=positive_float, default=None, help="pixel size in Å (default: from the file)")
+    add_datadir(p)
+    p.add_argument("-o", "--output", required=True, help=f"output {what} .pkl")
+
+def _parse_pose_args(p):
+    _table_args(p, "pose")
     p.add_argument("--abinit", action="store_true", help="cryoSPARC ab-initio: read alignments_class_0")
     p.add_argument("--hetrefine", action="store_true", help="cryoSPARC heterogeneous refinement: double the shifts")
-    add_datadir(p)
-    p.add_argument("-o", "--output", required=True, help="output pose .pkl")
 
 def _parse_pose_main(a) -> int:
     m = load_particles(a.input, apix=a.Apix, abinit=a.abinit, hetrefine=a.hetrefine, datadir=a.datadir,
@@ -66,16 +70,12 @@ parse_pose = Command(_parse_pose_args, _parse_pose_main, "Write a cryoDRGN pose 
 
 # %% ../../nbs/commands/io.ipynb #32c54b38
 def _parse_ctf_args(p):
-    p.add_argument("input", help="RELION .star or cryoSPARC .cs")
-    p.add_argument("-D", type=positive_int, default=None, help="box size in pixels")
-    p.add_argument("--Apix", type=positive_float, default=None, help="pixel size in Å")
+    _table_args(p, "CTF (N,9)")
     p.add_argument("-w", type=nonneg_float, default=None, help="amplitude contrast")
     p.add_argument("--kv", type=positive_float, default=None, help="voltage (kV)")
     p.add_argument("--cs", type=nonneg_float, default=None, help="spherical aberration (mm)")
     p.add_argument("--ps", type=float, default=None, help="phase shift (degrees)")
     p.add_argument("--png", default=None, help="also plot the CTF of the first particle to this .png (cryoDRGN's flag)")
-    add_datadir(p)
-    p.add_argument("-o", "--output", required=True, help="output CTF .pkl (N,9)")
 
 def _ctf_png(path, arr) -> Path:
     "A plot of the first particle's 2-D CTF (cryoDRGN's `parse_ctf_star --png`), written as PNG with PIL."

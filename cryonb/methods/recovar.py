@@ -13,13 +13,15 @@ from ..core import get_device, InputError, get_logger
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
 from ..core import atomic_write
 from ..io import write_map
+from ..reconstruction import otsu_threshold, soften, sphere_mask
+from ..data import random_halfsets
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'split_halfsets', 'prepare_batch', 'source_from_synthetic',
-           'white_noise_level', 'estimate_mean', 'soft_edge', 'make_masks', 'estimate_noise', 'estimate_variance',
-           'pick_columns', 'covariance_sketch', 'projected_statistics', 'projected_covariance', 'embed',
-           'RecovarResult', 'principal_angles', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression',
-           'save_result', 'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
+__all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
+           'estimate_mean', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns', 'covariance_sketch',
+           'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult', 'principal_angles',
+           'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result', 'load_result', 'load_latents',
+           'source_from_args', 'reconstruct_at', 'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -81,7 +83,7 @@ class ArraySource:
         self.ctf, self.apix = ctf, float(apix)
         if isinstance(ctf, (torch.Tensor, np.ndarray)) and tuple(ctf.shape) != (self.n, self.D, self.D):
             raise InputError(f"ArraySource: CTF images must be ({self.n},{self.D},{self.D}), got {tuple(ctf.shape)}")
-        self.halfset = split_halfsets(self.n, seed) if halfset is None else torch.as_tensor(halfset).long()
+        self.halfset = random_halfsets(self.n, seed) if halfset is None else torch.as_tensor(halfset).long()
         if tuple(self.halfset.shape) != (self.n,) or not bool(((self.halfset == 0) | (self.halfset == 1)).all()):
             raise InputError(f"ArraySource: halfset must be ({self.n},) with values 0/1")
         self.labels = None if labels is None else np.asarray(labels)
@@ -112,7 +114,7 @@ class DatasetSource:
         elif getattr(ds, "halfset_source", None) == "file":
             h = torch.as_tensor(np.asarray(ds.halfset)).long()
             if h.numel() == self.n and len(torch.unique(h)) == 2: hs = (h == h.max()).long()
-        self.halfset = split_halfsets(self.n, seed) if hs is None else hs
+        self.halfset = random_halfsets(self.n, seed) if hs is None else hs
         lab = getattr(ds, "labels", None)
         if lab is not None: self.labels = np.asarray(lab)
 
@@ -131,11 +133,6 @@ def _collate(items):
     out["ctf"] = CTFParams.cat([it["ctf"] for it in items])
     return out
 
-def split_halfsets(n: int, seed: int = 0) -> torch.Tensor:
-    "Seeded random 50/50 split of `n` particles → `(n,)` int64 labels 0/1 (RECOVAR's fallback when no split is given)."
-    g = torch.Generator().manual_seed(seed)
-    h = torch.zeros(n, dtype=torch.long); h[torch.randperm(n, generator=g)[n // 2:]] = 1
-    return h
 
 def prepare_batch(images, rotations, shifts_A, ctf, apix, halfset, index, device):
     """One prepared batch: `y (B,D,D)` complex = centred FT of the images aligned by `+shifts_A`;
@@ -172,8 +169,8 @@ def _profile_to_image(profile, D, device):
     return profile.to(device)[sh]
 
 def _soft_sphere(D, device, radius=None, edge=2.0):
-    r = _radius3(D, 1, device); radius = D / 2 - 1 - edge if radius is None else radius
-    return torch.clamp(0.5 + 0.5 * torch.cos(math.pi * torch.clamp((r - radius) / edge, 0, 1)), 0, 1) * (r <= radius + edge)
+    "The sphere that bounds RECOVAR's maps: radius `D/2 − 1 − edge` px with a 2-px raised-cosine edge (`reconstruction.sphere_mask`)."
+    return sphere_mask(D, D / 2 - 1 - edge if radius is None else radius, edge, device=device)
 
 def white_noise_level(source, n_max: int = 2000, batch_size: int = 256) -> float:
     """Initial scalar noise variance σ² (per Fourier pixel, unnormalized FFT): the median over shells of the
@@ -233,21 +230,6 @@ def estimate_mean(source, noise_profile, oversampling: int = 2, n_iter: int = 3,
                 Fc_profile=Fc_prof.float(), mean_ft=_pad_ft(mean, os_), mean_unreg_ft=_pad_ft(mean_unreg, os_))
 
 # %% ../../nbs/11_recovar.ipynb #00b6f18d
-def _otsu(x: np.ndarray, nbins: int = 256) -> float:
-    "Otsu's threshold of the values `x` (maximizes the between-class variance of a 256-bin histogram)."
-    hist, edges = np.histogram(x.ravel(), bins=nbins)
-    mids = 0.5 * (edges[1:] + edges[:-1]); w0 = np.cumsum(hist); w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * mids) / np.maximum(w0, 1); m1 = ((hist * mids).sum() - np.cumsum(hist * mids)) / np.maximum(w1, 1)
-    return float(mids[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
-
-def soft_edge(binary: np.ndarray, width: float = 3.0) -> np.ndarray:
-    "Raised-cosine edge of `width` voxels outside a binary mask `(D,D,D)` → float mask in [0,1]."
-    from scipy import ndimage
-    b = np.asarray(binary, bool)
-    if width <= 0 or not b.any(): return b.astype(np.float32)
-    d = ndimage.distance_transform_edt(~b)
-    return np.where(b, 1.0, np.where(d < width, 0.5 + 0.5 * np.cos(np.pi * d / width), 0.0)).astype(np.float32)
-
 def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | None = None, D: int | None = None):
     """Tight and dilated masks `(D,D,D)` float32 numpy. `option`: `from_halfmaps` (needs `halves (2,D,D,D)`),
     `input` (needs `input_mask (D,D,D)`; thresholded at 0.5, then `dilate_iter` extra dilations), `sphere`, `none`.
@@ -263,27 +245,27 @@ def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | Non
         if halves is None: raise InputError("make_masks: --mask-option from_halfmaps needs the half-maps")
         avg = np.asarray(torch.as_tensor(halves).float().mean(0).cpu())
         sm = ndimage.gaussian_filter(avg, sigma=max(2.0, D / 64))
-        b = sm > _otsu(sm)
+        b = sm > otsu_threshold(sm)
         b = ndimage.binary_fill_holes(b)
         lab, nlab = ndimage.label(b)
         if nlab > 1: b = lab == (1 + np.argmax(ndimage.sum(b, lab, range(1, nlab + 1))))
         b = ndimage.binary_dilation(b, iterations=ext if dilate_iter is None else max(dilate_iter, 0)) if (dilate_iter is None or dilate_iter > 0) else b
-        tight = soft_edge(b, 3)
+        tight = soften(b, 3)
     elif option == "input":
         if input_mask is None: raise InputError("make_masks: --mask-option input needs --mask M.mrc")
         m = np.asarray(input_mask, dtype=np.float32)
         if m.shape != (D, D, D): raise InputError(f"make_masks: mask shape {m.shape} != particle box {(D, D, D)}")
         b = m > 0.5
         if dilate_iter: b = ndimage.binary_dilation(b, iterations=dilate_iter)
-        tight = soft_edge(b, 3)
+        tight = soften(b, 3)
     elif option == "sphere":
-        tight = soft_edge(r < D / 2 - 3, 3)
+        tight = soften(r < D / 2 - 3, 3)
     elif option == "none":
         tight = np.ones((D, D, D), np.float32)
     else:
         raise InputError(f"make_masks: unknown mask option {option!r} (from_halfmaps|input|sphere|none)")
     if option == "none": dil = tight.copy()
-    else: dil = soft_edge(ndimage.binary_dilation(tight > 0.5, iterations=ext), 3)
+    else: dil = soften(ndimage.binary_dilation(tight > 0.5, iterations=ext), 3)
     return tight.astype(np.float32), dil.astype(np.float32)
 
 # %% ../../nbs/11_recovar.ipynb #260d26cf
@@ -588,7 +570,7 @@ def principal_angles(U1, U2) -> np.ndarray:
         if U.dim() == 4: U = U.reshape(U.shape[0], -1).T
         return torch.linalg.qr(U)[0]
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
-    return np.degrees(np.arccos(sv.cpu().numpy()))[::-1].copy() if False else np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
+    return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
 
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
