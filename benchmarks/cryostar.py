@@ -36,7 +36,7 @@ def speed(sizes, batch, steps, reference_src=None):
         cfg = cs.load_config(None, [f"data_loader.train_batch_per_gpu={batch}"])
         model = cs.build_atom_model(cfg, ref, D, apix)
         rs = cs.Restraints(ref)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = cs.make_optimizer(model.parameters(), 1e-4)
         from cryonb.atomic_vae import circular_mask, masked_correlation_loss, kl_free_bits
         M = circular_mask(D, 0.9375)
         g = torch.Generator().manual_seed(0)

@@ -622,6 +622,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'cryonb.methods.cryostar.hartley_to_fourier': ( 'cryostar.html#hartley_to_fourier',
                                                                                          'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar.load_config': ('cryostar.html#load_config', 'cryonb/methods/cryostar.py'),
+                                         'cryonb.methods.cryostar.make_optimizer': ( 'cryostar.html#make_optimizer',
+                                                                                     'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar.read_py_config': ( 'cryostar.html#read_py_config',
                                                                                      'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar.toy_dataset': ('cryostar.html#toy_dataset', 'cryonb/methods/cryostar.py'),
