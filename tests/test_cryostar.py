@@ -128,3 +128,33 @@ def test_train_density_cli(data, tmp_path):
     (tmp_path / "z.npy").write_bytes(b"")
     np.save(tmp_path / "z.npy", np.zeros((3, 2), np.float32))
     assert cli.main(args) == 2
+
+
+DDP_SCRIPT = '''
+import sys
+from pathlib import Path
+from cryonb import distributed
+from cryonb.data import ParticleDataset
+from cryonb.methods import cryostar as cs
+from cryonb import structure
+dev, created = distributed.init_from_env("cpu")
+d = Path(sys.argv[1])
+ds, ref = ParticleDataset(d / "data" / "particles.star"), structure.from_pdb(d / "ref.pdb", model=0)
+cfg = cs.load_config(None, ["model.model_cfg.encoder_hidden_dims=[64,32]", "data_loader.train_batch_per_gpu=8",
+                            "runner.max_steps=3", "do_ref_init=false"])
+cs.AtomTrainer(cfg, ds, ref, d / "ddp", "cpu").run(progress=False)
+distributed.cleanup(created)
+'''
+
+
+def test_two_rank_gloo_training_runs(data, tmp_path):
+    "Under torchrun (2 CPU ranks, gloo) training steps run, rank 0 alone logs and checkpoints, ranks stay in step."
+    import subprocess, sys, os
+    d, ds, ref, gt = data
+    s = tmp_path / "ddp.py"; s.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(s), str(d)],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(l) for l in open(d / "ddp" / "log.jsonl")]
+    assert [x["step"] for x in log] == [1, 2, 3] and (d / "ddp" / "ckpt.pt").exists()
