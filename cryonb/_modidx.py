@@ -609,6 +609,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'cryonb.methods.cryostar._literal': ('cryostar.html#_literal', 'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar._merge': ('cryostar.html#_merge', 'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar._plane': ('cryostar.html#_plane', 'cryonb/methods/cryostar.py'),
+                                         'cryonb.methods.cryostar._truncate_log': ( 'cryostar.html#_truncate_log',
+                                                                                    'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar.analyze_atom': ( 'cryostar.html#analyze_atom',
                                                                                    'cryonb/methods/cryostar.py'),
                                          'cryonb.methods.cryostar.apply_overrides': ( 'cryostar.html#apply_overrides',

@@ -158,3 +158,27 @@ def test_two_rank_gloo_training_runs(data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     log = [json.loads(l) for l in open(d / "ddp" / "log.jsonl")]
     assert [x["step"] for x in log] == [1, 2, 3] and (d / "ddp" / "ckpt.pt").exists()
+
+
+def test_kill_and_resume(data, tmp_path):
+    "SIGKILL a training run after its first checkpoint; the same command resumes, and the log has each step once."
+    import os, signal, subprocess, sys, time
+    d, ds, ref, gt = data
+    opts = [o for o in SMALL if not o.startswith(("runner.max_steps", "runner.ckpt_every"))] + \
+           ["runner.max_steps=60", "runner.ckpt_every_n_steps=5"]
+    cmd = [sys.executable, "-c", "import sys; from cryonb import cli; cli.COMMANDS['cryostar'] = "
+           f"{CMD!r}; sys.exit(cli.main(sys.argv[1:]))", "cryostar", "train-atom", "--star", str(d / "data" / "particles.star"),
+           "--ref", str(d / "ref.pdb"), "--device", "cpu", "-o", str(tmp_path), "--cfg-options", *opts]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        log = tmp_path / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 12: break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert (tmp_path / "ckpt.pt").exists() and not (tmp_path / "z.npy").exists()
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "log.jsonl")]
+    assert steps == list(range(1, 61))
+    assert np.load(tmp_path / "z.npy").shape == (len(ds), 8)
