@@ -252,7 +252,7 @@ def density_grid(z2d, bins: int = 64, margin: float = 0.05, bandwidth: str | flo
     dens = kde_density(Z, np.c_[gx.ravel(), gy.ravel()], bandwidth, **kw).reshape(bins, bins)
     return xs, ys, dens
 
-# %% ../nbs/20_analysis.ipynb #ba9d20c0
+# %% ../nbs/20_analysis.ipynb #57f19db4
 @dataclass
 class LatentPath:
     "A path through the particles: `ind` (M,) particle indices from start to end, `points` (M, zdim), `length` (Euclidean, latent units), `cost` (density-weighted), `k` (neighbours used)."
@@ -269,6 +269,7 @@ def _endpoint(Z, e, name):
         return int(e)
     return int(nearest_point(Z, np.asarray(e, np.float64).reshape(1, -1))[0])
 
+# %% ../nbs/20_analysis.ipynb #3cc21233
 def density_path(z, start, end, k: int = 10, density=None, eps: float = 0.01,
                  bandwidth: str | float = "scott", max_k: int | None = None, density_max_ref: int = 10000) -> LatentPath:
     """Minimal-cost path between two latent points through high-density regions.
@@ -323,6 +324,7 @@ def linear_path(start, end, n: int = 10) -> np.ndarray:
     if a.shape != b.shape: raise InputError(f"linear_path: end points differ in shape {a.shape} vs {b.shape}")
     return a + np.linspace(0, 1, int(n))[:, None] * (b - a)
 
+# %% ../nbs/20_analysis.ipynb #7a5fe000
 def resample_path(points, n: int = 10) -> np.ndarray:
     """`n` points evenly spaced by arc length along a polyline `points` (M, zdim), ends included -> (n, zdim).
     Linear interpolation between the polyline's vertices."""
@@ -342,7 +344,7 @@ def farthest_pair(points) -> tuple[int, int]:
     i, j = np.unravel_index(D.argmax(), D.shape)
     return int(min(i, j)), int(max(i, j))
 
-# %% ../nbs/20_analysis.ipynb #74e9e99d
+# %% ../nbs/20_analysis.ipynb #e5d415e0
 @dataclass
 class LatentAnalysis:
     "Results of `analyze_latents`: `z` (N, zdim), `pca`, `umap` (N, 2) or None, `kmeans`, `traversals` {pc (0-based): Traversal}."
@@ -411,6 +413,7 @@ class LatentAnalysis:
             report.add_figure(f, "Particles nearest to evenly spaced points between the 5th and 95th percentile along each principal component.")
         return report
 
+# %% ../nbs/20_analysis.ipynb #0de12216
 def analyze_latents(z, k: int = 20, n_pcs: int = 2, traversal_points: int = 10, umap: bool | None = None,
                     seed: int = 0, n_init: int = 10) -> LatentAnalysis:
     """Standard latent analysis (cryoDRGN `analyze`): PCA, UMAP (default: when zdim > 2),

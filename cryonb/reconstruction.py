@@ -39,7 +39,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a - a.mean(), b - b.mean()
     return float((a @ b) / (a.norm() * b.norm()))
 
-# %% ../nbs/07_reconstruction.ipynb #c3ce425e
+# %% ../nbs/07_reconstruction.ipynb #d186c235
 def _regulariser_from_fsc(mean_w: torch.Tensor, curve: torch.Tensor, full: bool) -> torch.Tensor:
     """Per-shell `σ²/τ² = ⟨W⟩_shell / SNR_shell` from a half-map FSC `curve (S,)`.
     `SNR = FSC/(1−FSC)` (half-map) or `2·FSC/(1−FSC)` (full map), FSC clipped to [0.001, 0.999]
@@ -52,6 +52,7 @@ def _regulariser_from_fsc(mean_w: torch.Tensor, curve: torch.Tensor, full: bool)
     lam[n:] = mean_w[n:] / snr[-1]
     return lam
 
+# %% ../nbs/07_reconstruction.ipynb #4df53e69
 class Reconstructor:
     """Streaming Fourier reconstruction of a map and its two half-maps.
 

@@ -200,7 +200,7 @@ def map_slices_figure(vol, apix: float | None = None, index=None, title: str = "
     fig.update_layout(title=title, height=height, **_LAYOUT)
     return fig
 
-# %% ../nbs/31_report.ipynb #b9b5d10f
+# %% ../nbs/31_report.ipynb #8d1853b5
 def _fmt_value(v) -> str:
     "Short human-readable form of a parameter value."
     if hasattr(v, "detach"): v = v.detach().cpu().numpy()
@@ -236,6 +236,7 @@ th{background:#eef} td.k{text-align:left;font-family:monospace} caption,.caption
 .fig{margin:1em 0} nav{background:#f6f6fa;padding:.5em 1em;font-size:.9em} footer{margin-top:3em;color:#888;font-size:.8em}
 """
 
+# %% ../nbs/31_report.ipynb #8e96a396
 class Report:
     """A self-contained HTML report: `Report(title)`, then `add_*` calls in reading order, then `write(path)`.
 

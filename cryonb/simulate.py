@@ -280,7 +280,7 @@ def _star_tables(names, R, shifts_A, ctf: CTFParams, labels, halfsets, D, apix):
 
 
 
-# %% ../nbs/08_simulate.ipynb #3eac699a
+# %% ../nbs/08_simulate.ipynb #beb6dd24
 JUNK_KINDS = {"noise": 1, "pose": 2, "structure": 3}
 
 
@@ -331,7 +331,7 @@ def _resolve_for_output(x, D, apix, sim_D, model_to_map, sigma, map_bfactor) -> 
     Dsim = sim_D or D
     return resolve_states(x, Dsim, apix * D / Dsim, model_to_map, sigma, map_bfactor)
 
-
+# %% ../nbs/08_simulate.ipynb #5b2c19bf
 def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = None, apix: float | None = None,
                      snr: float | None = 0.01, seed: int = 0, max_shift_px: float = 0.0,
                      ctf_table=None, ctf_replace: bool = False, defocus_range=(10000.0, 25000.0),

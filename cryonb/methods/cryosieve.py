@@ -169,7 +169,7 @@ class SieveParticles:
         return CTFParams(t(self.ctf["defocus_u"]), t(self.ctf["defocus_v"]), t(self.ctf["defocus_angle"]), t(self.ctf["voltage"]),
                          t(self.ctf["cs"]), t(self.ctf["amplitude_contrast"]), t(self.ctf["phase_shift"]))
 
-# %% ../../nbs/10_cryosieve.ipynb #1cd8138f
+# %% ../../nbs/10_cryosieve.ipynb #2c759b1d
 def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
     """RELION CTF `(B, D, D)` on the centred grid, each particle at its own pixel size `apix (B,)` Å, without
     B-factor and scale (as the reference). The formula of `cryonb.ctf.ctf_at` (tested equal), rearranged for
@@ -195,6 +195,7 @@ def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
     gamma = a1 * df * s2 + a2 * s2 * s2 - off
     return -torch.sin(gamma)
 
+# %% ../../nbs/10_cryosieve.ipynb #004178cd
 def score_particles(particles: SieveParticles, volumes, frequency: float, angpix: float | None = None, mask=None,
                     rows=None, batch_size: int = 128, device=None, precision: str = "double",
                     oversampling: int = 2, progress: bool = False) -> np.ndarray:
@@ -364,7 +365,7 @@ def _run(cmd: list[str], cwd, log) -> subprocess.Popen:
     log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n"); log.flush()
     return subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
-# %% ../../nbs/10_cryosieve.ipynb #567efe7b
+# %% ../../nbs/10_cryosieve.ipynb #e12d7a03
 def _write_json(path, obj) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
@@ -393,6 +394,7 @@ def sieve_report(state: dict, path) -> Path:
         tmp.write_text(rep.to_html(), encoding="utf-8")
     return Path(path)
 
+# %% ../../nbs/10_cryosieve.ipynb #c2e21365
 def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
           frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
           seed: int = 0, reconstruct_software: str | None = None, postprocess_software: str | None = None,
