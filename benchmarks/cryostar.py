@@ -36,7 +36,7 @@ def speed(sizes, batch, steps, reference_src=None, device="cpu", amp=False):
         apix = 1.0 if D == 128 else 2.0
         cfg = cs.load_config(None, [f"data_loader.train_batch_per_gpu={batch}"])
         model = cs.build_atom_model(cfg, ref, D, apix).to(dev)
-        rs = cs.Restraints(ref).to(dev)
+        rs = cs.make_restraints(cfg, ref, dev)
         opt = cs.make_optimizer(model.parameters(), 1e-4)
         from cryonb.atomic_vae import circular_mask, masked_correlation_loss, kl_free_bits
         M = circular_mask(D, 0.9375, dev)
@@ -51,8 +51,8 @@ def speed(sizes, batch, steps, reference_src=None, device="cpu", amp=False):
           with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             out = model(b)
             c = out["coords"]
-            loss = (masked_correlation_loss(out["pred"], b["images"], M) + rs.continuity(c) + rs.elastic(c, 0.8)
-                    + rs.clash(c) + 0.5 * kl_free_bits(out["mu"], out["logvar"], 3.0) / M.sum())
+            loss = (masked_correlation_loss(out["pred"], b["images"], M) + sum(rs.losses(c).values())
+                    + 0.5 * kl_free_bits(out["mu"], out["logvar"], 3.0) / M.sum())
           opt.zero_grad(); loss.backward(); opt.step()
         for _ in range(2): step()
         if dev.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
