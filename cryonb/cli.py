@@ -29,6 +29,7 @@ COMMANDS = {
     "sieve-core": ("cryonb.commands.cryosieve", "sieve_core", "CryoSieve: score particles against half-maps and keep the best"),
     "sieve": ("cryonb.commands.cryosieve", "sieve", "CryoSieve: iterative reconstruct -> sieve driver"),
     "recovar": ("cryonb.commands.recovar", "recovar", "RECOVAR: `recovar pipeline|analyze|compute-state|compute-trajectory`"),
+    "cryostar": ("cryonb.commands.cryostar", "cryostar", "cryoSTAR: `cryostar train-atom|train-density|analyze`"),
     "demo": ("cryonb.commands.demo", "demo", "the main job: AdK benchmark, every method, CryoBench scores, report.html"),
 }
 
