@@ -464,6 +464,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'cryonb.methods.cryosieve._prefixed': ('cryosieve.html#_prefixed', 'cryonb/methods/cryosieve.py'),
                                           'cryonb.methods.cryosieve._read_star': ( 'cryosieve.html#_read_star',
                                                                                    'cryonb/methods/cryosieve.py'),
+                                          'cryonb.methods.cryosieve._remove_stale_temporaries': ( 'cryosieve.html#_remove_stale_temporaries',
+                                                                                                  'cryonb/methods/cryosieve.py'),
                                           'cryonb.methods.cryosieve._run': ('cryosieve.html#_run', 'cryonb/methods/cryosieve.py'),
                                           'cryonb.methods.cryosieve._write_json': ( 'cryosieve.html#_write_json',
                                                                                     'cryonb/methods/cryosieve.py'),

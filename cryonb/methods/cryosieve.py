@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from ..core import get_device, InputError, atomic_write
+from ..core import get_device, InputError, atomic_write, get_logger, as_numpy, batches
 from ..fourier import fft2c, ifft2c, highpass_mask, phase_shift
 from .. import distributed
 from ..io import read_map, write_map
+
+_log = get_logger(__name__)
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'sieve_frequencies', 'hermitian_part', 'sieve_score_ft', 'select_per_halfset', 'write_star_subset',
@@ -224,7 +226,7 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
     vfts, done = {}, {}
     for k, v0 in zip(subsets, vols):
         if id(v0) in done: vfts[int(k)] = done[id(v0)]; continue      # the same map for several half-sets: prepare once
-        v = torch.as_tensor(np.asarray(v0.detach().cpu() if isinstance(v0, torch.Tensor) else v0), dtype=torch.float64, device=dev)
+        v = torch.as_tensor(as_numpy(v0), dtype=torch.float64, device=dev)
         if tuple(v.shape) != (D, D, D): raise InputError(f"half-map for subset {k} has shape {tuple(v.shape)}, images are {D}×{D}")
         if m is not None:
             if m.shape != v.shape: raise InputError(f"mask has shape {tuple(m.shape)}, maps are {tuple(v.shape)}")
@@ -322,9 +324,9 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
         write_star_subset(output, parts.blocks, parts.particle_block, keep)
         write_star_subset(sieved_path(output), parts.blocks, parts.particle_block, ~keep)
         if verbose:
-            for k, (n, kk) in per.items(): print(f"half-set {k}: {n} particles, {kk} kept")
-            print(f"cryonb sieve-core: {int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
-                  f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}")
+            for k, (n, kk) in per.items(): _log.info(f"half-set {k}: {n} particles, {kk} kept")
+            _log.info(f"{int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
+                     f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}")
     distributed.barrier()
     return dict(scores=scores, keep=keep, n_in=len(keep), n_kept=int(keep.sum()), per_halfset=per)
 
@@ -351,8 +353,8 @@ def reconstruct_halfmaps(parts: SieveParticles, device=None, batch_size: int = 1
     if len(subsets) != 2: raise InputError(f"{parts.path}: reconstruction needs two half-sets (rlnRandomSubset), found {subsets.tolist()}")
     D, apix = parts.D, float(np.median(parts.apix))
     rec = Reconstructor(D, apix, device=dev)
-    for i0 in range(0, len(parts), batch_size):
-        idx = np.arange(i0, min(i0 + batch_size, len(parts)))
+    for sl in batches(len(parts), batch_size):
+        idx = np.arange(sl.start, sl.stop)
         img = torch.as_tensor(parts.images(idx), device=dev)
         rot = torch.as_tensor(parts.rotations[idx], device=dev, dtype=torch.float32)
         sh = torch.as_tensor(parts.shifts_px[idx] * apix, device=dev, dtype=torch.float32)     # Å at the map's pixel size
@@ -369,6 +371,16 @@ def _write_json(path, obj) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
     return Path(path)
+
+def _remove_stale_temporaries(prefix: str) -> list[Path]:
+    """Delete the temporary files (`core.atomic_write`'s `.<name>.XXXX.tmp<ext>`) that a killed run of the
+    driver with output `prefix` left next to its outputs (a kill cannot clean up after itself). Returns them."""
+    folder = Path(prefix) if str(prefix).endswith(("/", os.sep)) else Path(prefix).parent
+    stem = "" if str(prefix).endswith(("/", os.sep)) else Path(prefix).name
+    stale = [f for pat in (f".{stem}*.tmp*", f"{stem}_postprocess_iter*/.*.tmp*") for f in folder.glob(pat) if f.is_file()]
+    for f in stale: f.unlink(missing_ok=True)
+    if stale: _log.info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
+    return stale
 
 def sieve_report(state: dict, path) -> Path:
     """Write the driver's HTML report: retained particles and half-map FSC resolution per iteration,
@@ -423,13 +435,14 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     state_path = _prefixed(out, "_state.json")
     report_path = Path(out + "report.html") if out.endswith(("/", os.sep)) else _prefixed(out, "_report.html")
     parts0 = SieveParticles(star, angpix=angpix, directory=directory)
+    _remove_stale_temporaries(out)
     base = _base_directory(parts0, directory)
     apix = float(angpix) if angpix is not None else float(np.median(parts0.apix))
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
         if diff: raise InputError(f"{state_path}: an earlier run used other arguments {diff}; use another --o or delete it")
-        if verbose: print(f"cryonb sieve: resuming after iteration {len(state['iterations']) - 1} ({state_path})")
+        if verbose: _log.info(f"resuming after iteration {len(state['iterations']) - 1} ({state_path})")
     else:
         state = dict(params=params, frequencies=freqs, apix=apix, iterations=[])
         it0 = _prefixed(out, "_iter0.star")
@@ -463,7 +476,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
             rec = reconstruct_halfmaps(parts, device=device, batch_size=batch_size)
             maps = [rec["half1"], rec["half2"]]
             for h, v in zip(halves, maps): write_map(h, v, apix)
-            maps = [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in maps]
+            maps = [as_numpy(v).astype(np.float64) for v in maps]
         pp = _prefixed(out, f"_postprocess_iter{i}")
         if postprocess_software:
             pp.mkdir(parents=True, exist_ok=True)
@@ -499,7 +512,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
         state["iterations"].append(record)
         _write_json(state_path, state)
         sieve_report(state, report_path)
-        if verbose: print(f"iteration {i}: {len(parts)} particles, half-map FSC {res:.2f} Å, sieved at {freqs[i]} Å -> {n_kept} kept ({record['seconds']} s)")
+        if verbose: _log.info(f"iteration {i}: {len(parts)} particles, half-map FSC {res:.2f} Å, sieved at {freqs[i]} Å -> {n_kept} kept ({record['seconds']} s)")
     if not state["iterations"] or not report_path.is_file(): sieve_report(state, report_path)
     state["report"] = str(report_path)
     return state
