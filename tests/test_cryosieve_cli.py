@@ -182,3 +182,47 @@ def test_sieve_resumes_bit_identically_after_kills(tmp_path):
     drop = lambda s: [{k: v for k, v in r.items() if k != "seconds"} for r in s["iterations"]]
     a, b = (json.loads(next(x.glob("*_state.json")).read_text()) for x in (tmp_path / "ref", out))
     assert drop(a) == drop(b) and len(a["iterations"]) == 3
+
+
+def _bad_inputs(blob, d):
+    "Bad inputs of `sieve-core` / `sieve`: (name, argv, text the message must contain)."
+    from cryonb.io import read_map, write_map
+    vol = read_map(blob["map"])[0]
+    b = starfile.read(blob["star"], always_dict=True)
+    nodef = dict(b); nodef["particles"] = b["particles"].drop(columns="rlnDefocusU")
+    starfile.write(nodef, d / "nodefocus.star", overwrite=True)
+    nanmap = np.array(vol, dtype=np.float32); nanmap[3, 4, 5] = np.nan
+    write_map(d / "nan.mrc", nanmap, 2.0)
+    write_map(d / "box24.mrc", np.zeros((24, 24, 24), np.float32), 2.0)
+    (d / "notamap.mrc").write_bytes(b"not an MRC file" * 10)
+    core = lambda star, *vols, extra=(): ["sieve-core", "--i", str(star), "--o", str(d / "out" / "o.star"),
+                                          *sum([["--volume", str(v)] for v in vols], []), "--frequency", "20", "--device", "cpu", *extra]
+    m = blob["map"]
+    drv = ["sieve", "--i", str(blob["star"]), "--o", str(d / "out") + "/", "--num_iters", "1", "--device", "cpu"]
+    return [
+        ("missing star", core(d / "missing.star", m, m), "missing.star"),
+        ("missing field", core(d / "nodefocus.star", m, m), "rlnDefocusU"),
+        ("missing half-map", core(blob["star"], m, d / "nohalf.mrc"), "nohalf.mrc"),
+        ("not an MRC", core(blob["star"], m, d / "notamap.mrc"), "notamap.mrc"),
+        ("NaN voxels", core(blob["star"], m, d / "nan.mrc"), "nan.mrc"),
+        ("box mismatch", core(blob["star"], m, d / "box24.mrc"), "box24.mrc"),
+        ("mask box mismatch", core(blob["star"], m, m, extra=["--mask", str(d / "box24.mrc")]), "box24.mrc"),
+        ("one map for two half-sets", core(blob["star"], m), "particles.star"),
+        ("frequency 0", core(blob["star"], m, m) + ["--frequency", "0"], "--frequency"),
+        ("retention ratio 0", core(blob["star"], m, m) + ["--retention_ratio", "0"], "--retention_ratio"),
+        ("batch size 0", core(blob["star"], m, m) + ["--batch_size", "0"], "--batch_size"),
+        ("sieve: symmetry without RELION", drv + ["--sym", "D7"], "C1 only"),
+        ("sieve: missing mask", drv + ["--mask", str(d / "nomask.mrc")], "nomask.mrc"),
+        ("sieve: frequency_end 0", drv + ["--frequency_end", "0"], "--frequency_end"),
+        ("sieve: num_iters 0", drv + ["--num_iters", "0"], "--num_iters"),
+    ]
+
+
+def test_bad_inputs_exit_2_name_the_file_and_leave_nothing(blob, tmp_path, capsys):
+    "Every bad input: exit 2, `cryonb VERB: error:` naming the file/flag, no traceback, no output left behind."
+    for name, argv, must in _bad_inputs(blob, tmp_path):
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert f"cryonb {argv[0]}: error:" in err and must in err and "Traceback" not in err, (name, err)
+        out = tmp_path / "out"
+        assert not out.exists() or not any(out.iterdir()), (name, list(out.iterdir()))

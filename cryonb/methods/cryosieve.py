@@ -306,6 +306,10 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
     paths = dict.fromkeys(str(v) for v in [*volumes, mask] if isinstance(v, (str, os.PathLike)))
     loaded = {p: load_map(p) for p in paths}
     _check_map_apix(star, float(np.median(parts.apix)), {p: a for p, (_, a) in loaded.items()})
+    for p, (v, _) in loaded.items():
+        if v.shape != (parts.D,) * 3:
+            raise InputError(f"{p}: map of shape {v.shape}, but the images of {star} are {parts.D}×{parts.D}; "
+                             "maps and mask must have the particles' box")
     vols = [loaded[str(v)][0] if isinstance(v, (str, os.PathLike)) else v for v in volumes]
     m = loaded[str(mask)][0] if isinstance(mask, (str, os.PathLike)) else mask
     shard = distributed.shard_indices(len(parts))
@@ -436,6 +440,9 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     report_path = Path(out + "report.html") if out.endswith(("/", os.sep)) else _prefixed(out, "_report.html")
     parts0 = SieveParticles(star, angpix=angpix, directory=directory)
     _remove_stale_temporaries(out)
+    m = load_map(mask)[0] if mask is not None else None          # checked before anything is written
+    if m is not None and m.shape != (parts0.D,) * 3:
+        raise InputError(f"{mask}: mask of shape {m.shape}, but the images of {star} are {parts0.D}×{parts0.D}")
     base = _base_directory(parts0, directory)
     apix = float(angpix) if angpix is not None else float(np.median(parts0.apix))
     if state_path.is_file():
@@ -458,7 +465,6 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
         write_star_subset(it0, parts0.blocks, parts0.particle_block, keep)
         write_star_subset(_prefixed(out, "_iter0_sieved.star"), parts0.blocks, parts0.particle_block, ~keep)
         _write_json(state_path, state)
-    m = load_map(mask)[0] if mask is not None else None
     for i in range(len(state["iterations"]), num_iters):
         t0 = time.time()
         cur = _prefixed(out, f"_iter{i}.star")
