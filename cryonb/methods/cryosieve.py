@@ -197,6 +197,7 @@ def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
     gamma = a1 * df * s2 + a2 * s2 * s2 - off
     return -torch.sin(gamma)
 
+# %% ../../nbs/10_cryosieve.ipynb #1bedf416
 def score_particles(particles: SieveParticles, volumes, frequency: float, angpix: float | None = None, mask=None,
                     rows=None, batch_size: int = 128, device=None, precision: str = "double",
                     oversampling: int = 2, progress: bool = False) -> np.ndarray:
@@ -286,6 +287,7 @@ def sieved_path(output) -> Path:
     stem = o.name[:-5] if o.name.endswith(".star") else o.name
     return o.with_name(stem + "_sieved.star")
 
+# %% ../../nbs/10_cryosieve.ipynb #6143602d
 def sieve_core(star, output, volumes, frequency: float, angpix: float | None = None, mask=None,
                retention_ratio: float = 0.8, balance: bool = False, directory=None, device=None,
                batch_size: int = 128, precision: str = "double", progress: bool = False, verbose: bool = True) -> dict:
@@ -376,6 +378,7 @@ def _write_json(path, obj) -> Path:
         tmp.write_text(json.dumps(obj, indent=1))
     return Path(path)
 
+# %% ../../nbs/10_cryosieve.ipynb #2e118013
 def _remove_stale_temporaries(prefix: str) -> list[Path]:
     """Delete the temporary files (`core.atomic_write`'s `.<name>.XXXX.tmp<ext>`) that a killed run of the
     driver with output `prefix` left next to its outputs (a kill cannot clean up after itself). Returns them."""
@@ -386,6 +389,7 @@ def _remove_stale_temporaries(prefix: str) -> list[Path]:
     if stale: _log.info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
     return stale
 
+# %% ../../nbs/10_cryosieve.ipynb #e5924922
 def sieve_report(state: dict, path) -> Path:
     """Write the driver's HTML report: retained particles and half-map FSC resolution per iteration,
     the FSC curves, and the parameters (`cryonb.report.Report`). Atomic."""
@@ -409,6 +413,7 @@ def sieve_report(state: dict, path) -> Path:
         tmp.write_text(rep.to_html(), encoding="utf-8")
     return Path(path)
 
+# %% ../../nbs/10_cryosieve.ipynb #a2acd9d1
 def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
           frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
           seed: int = 0, reconstruct_software: str | None = None, postprocess_software: str | None = None,
