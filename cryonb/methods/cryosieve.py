@@ -413,6 +413,30 @@ def sieve_report(state: dict, path) -> Path:
         tmp.write_text(rep.to_html(), encoding="utf-8")
     return Path(path)
 
+# %% ../../nbs/10_cryosieve.ipynb #a7ef5973
+def _relion_reconstruct(cmdline: str, star: Path, halves: list[Path], apix: float, sym: str, cwd, log_path) -> None:
+    """Run RELION's reconstruction `cmdline` once per half-set (`--subset 1`, `--subset 2`, in parallel) with the
+    reference's flags (`--ctf true`, `--angpix`, `--sym`) in `cwd`, output to `halves`; output appended to
+    `log_path`. Raises `RuntimeError` naming the exit codes and the log."""
+    with open(log_path, "a") as log:
+        procs = [_run(shlex.split(cmdline) + ["--i", str(Path(star).resolve()), "--o", str(Path(h).resolve()), "--angpix", str(apix),
+                                              "--sym", sym, "--ctf", "true", "--subset", str(k)], cwd, log)
+                 for k, h in zip((1, 2), halves)]
+        codes = [p.wait() for p in procs]
+    if any(codes): raise RuntimeError(f"{cmdline} failed (exit codes {codes}); see {log_path}")
+
+def _relion_postprocess(cmdline: str, halves: list[Path], mask, folder: Path, apix: float, cwd) -> None:
+    """Run RELION's post-processing `cmdline` on the half-maps with the reference's flags (`--auto_bfac
+    --autob_lowres 10`, `--mask` when given) into `folder/postprocess*`; output in `folder/postprocess.log`.
+    Raises `RuntimeError` naming the exit code and the log."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "postprocess.log", "a") as log:
+        cmd = shlex.split(cmdline) + (["--mask", str(Path(mask).resolve())] if mask is not None else [])
+        cmd += ["--i", str(Path(halves[0]).resolve()), "--i2", str(Path(halves[1]).resolve()),
+                "--o", str((folder / "postprocess").resolve()), "--angpix", str(apix), "--auto_bfac", "--autob_lowres", "10"]
+        code = _run(cmd, cwd, log).wait()
+    if code: raise RuntimeError(f"{cmdline} failed (exit code {code}); see {folder / 'postprocess.log'}")
+
 # %% ../../nbs/10_cryosieve.ipynb #a2acd9d1
 def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
           frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
@@ -476,12 +500,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
         parts = SieveParticles(cur, angpix=angpix, directory=base)
         halves = [_prefixed(out, f"_iter{i}_half{k}.mrc") for k in (1, 2)]
         if reconstruct_software:
-            with open(_prefixed(out, f"_iter{i}_reconstruct.log"), "a") as log:
-                procs = [_run(shlex.split(reconstruct_software) + ["--i", str(cur.resolve()), "--o", str(h.resolve()), "--angpix", str(apix),
-                                                                   "--sym", sym, "--ctf", "true", "--subset", str(k)], base, log)
-                         for k, h in zip((1, 2), halves)]
-                codes = [p.wait() for p in procs]
-            if any(codes): raise RuntimeError(f"{reconstruct_software} failed (exit codes {codes}); see {log.name}")
+            _relion_reconstruct(reconstruct_software, cur, halves, apix, sym, base, _prefixed(out, f"_iter{i}_reconstruct.log"))
             maps = [load_map(h)[0] for h in halves]
         else:
             rec = reconstruct_halfmaps(parts, device=device, batch_size=batch_size)
@@ -490,13 +509,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
             maps = [as_numpy(v).astype(np.float64) for v in maps]
         pp = _prefixed(out, f"_postprocess_iter{i}")
         if postprocess_software:
-            pp.mkdir(parents=True, exist_ok=True)
-            with open(pp / "postprocess.log", "a") as log:
-                cmd = shlex.split(postprocess_software) + (["--mask", str(Path(mask).resolve())] if mask is not None else [])
-                cmd += ["--i", str(halves[0].resolve()), "--i2", str(halves[1].resolve()), "--o", str((pp / "postprocess").resolve()),
-                        "--angpix", str(apix), "--auto_bfac", "--autob_lowres", "10"]
-                code = _run(cmd, base, log).wait()
-            if code: raise RuntimeError(f"{postprocess_software} failed (exit code {code}); see {pp / 'postprocess.log'}")
+            _relion_postprocess(postprocess_software, halves, mask, pp, apix, base)
         if postprocess and not postprocess_software:
             from cryonb.reconstruction import postprocess as _pp, write_postprocess
             res_pp = _pp(torch.as_tensor(maps[0]), torch.as_tensor(maps[1]), apix, mask=None if m is None else torch.as_tensor(m))
