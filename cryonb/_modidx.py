@@ -473,6 +473,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'cryonb.methods.cryosieve._run': ('cryosieve.html#_run', 'cryonb/methods/cryosieve.py'),
                                           'cryonb.methods.cryosieve._write_json': ( 'cryosieve.html#_write_json',
                                                                                     'cryonb/methods/cryosieve.py'),
+                                          'cryonb.methods.cryosieve.balanced_rows': ( 'cryosieve.html#balanced_rows',
+                                                                                      'cryonb/methods/cryosieve.py'),
                                           'cryonb.methods.cryosieve.hermitian_part': ( 'cryosieve.html#hermitian_part',
                                                                                        'cryonb/methods/cryosieve.py'),
                                           'cryonb.methods.cryosieve.load_map': ('cryosieve.html#load_map', 'cryonb/methods/cryosieve.py'),

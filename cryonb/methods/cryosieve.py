@@ -20,7 +20,7 @@ _log = get_logger(__name__)
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'sieve_frequencies', 'hermitian_part', 'sieve_score_ft', 'select_per_halfset', 'write_star_subset',
            'SieveParticles', 'score_particles', 'load_map', 'sieved_path', 'sieve_core', 'reconstruct_halfmaps',
-           'sieve_report', 'sieve']
+           'sieve_report', 'balanced_rows', 'sieve']
 
 # %% ../../nbs/10_cryosieve.ipynb #6fd5cf9e
 def sieve_frequencies(frequency_start: float = 50.0, frequency_end: float = 3.0, num_iters: int = 10) -> list[float]:
@@ -437,6 +437,19 @@ def _relion_postprocess(cmdline: str, halves: list[Path], mask, folder: Path, ap
         code = _run(cmd, cwd, log).wait()
     if code: raise RuntimeError(f"{cmdline} failed (exit code {code}); see {folder / 'postprocess.log'}")
 
+# %% ../../nbs/10_cryosieve.ipynb #640d240d
+def balanced_rows(halfset, seed: int = 0) -> np.ndarray:
+    """Keep-mask `(N,)` that subsamples every half-set (distinct values of `halfset (N,)`) to the size of the
+    smallest, uniformly without replacement with numpy `default_rng(seed)` (half-sets in ascending order);
+    the driver's `--balance` before iteration 0 (CryoSieve 1.2.x)."""
+    hs = np.asarray(halfset)
+    rng = np.random.default_rng(seed)
+    n_min = min(int((hs == k).sum()) for k in np.unique(hs))
+    keep = np.zeros(len(hs), bool)
+    for k in np.unique(hs):
+        keep[np.sort(rng.choice(np.flatnonzero(hs == k), n_min, replace=False))] = True
+    return keep
+
 # %% ../../nbs/10_cryosieve.ipynb #a2acd9d1
 def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
           frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
@@ -482,15 +495,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     else:
         state = dict(params=params, frequencies=freqs, apix=apix, iterations=[])
         it0 = _prefixed(out, "_iter0.star")
-        keep = np.ones(len(parts0), bool)
-        if balance:
-            rng = np.random.default_rng(seed)
-            hs = parts0.halfset
-            n_min = min(int((hs == k).sum()) for k in np.unique(hs))
-            keep[:] = False
-            for k in np.unique(hs):
-                idx = np.flatnonzero(hs == k)
-                keep[np.sort(rng.choice(idx, n_min, replace=False))] = True
+        keep = balanced_rows(parts0.halfset, seed) if balance else np.ones(len(parts0), bool)
         write_star_subset(it0, parts0.blocks, parts0.particle_block, keep)
         write_star_subset(_prefixed(out, "_iter0_sieved.star"), parts0.blocks, parts0.particle_block, ~keep)
         _write_json(state_path, state)
