@@ -4,14 +4,13 @@
 
 # %% ../../nbs/10_cryosieve.ipynb #18d72fe4
 from __future__ import annotations
-import json, math, os, shlex, subprocess, sys, time
-from dataclasses import dataclass
+import json, math, os, shlex, subprocess, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 from ..core import get_device, InputError, atomic_write, get_logger, as_numpy, batches
-from ..fourier import fft2c, ifft2c, highpass_mask, phase_shift
+from ..fourier import fft2c, highpass_mask, phase_shift
 from .. import distributed
 from ..io import read_map, write_map
 
