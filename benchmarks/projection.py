@@ -20,6 +20,16 @@ cryoDRGN (if `import cryodrgn` works), same D, poses and batch:
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set growth during
 the call (polled from /proc/self/statm every ms, with glibc returning freed blocks > 64 KiB to the
 OS during that one call; approximate). Timings run with the allocator caching blocks (no page faults).
+With --image-formation (AdK, 214 Cα beads from tests/data/adk_closed_1ake.pdb, σ = 2 Å, a 128 Å box
+so apix = 128/D, batch --batch, CTF and shift applied) it compares instead the two Gaussian paths:
+  render       render_gmm_2d: real-space images (no CTF)
+  fft-path     fft2c(render_gmm_2d): image transforms through the forward FFT
+  closed-form  render_gmm_2d_ft: the same transforms in closed form (no FFT)
+  IF-real      ImageFormation(GaussianPotential(method="real")): render, FFT, CTF, shift, inverse FFT
+  IF-fourier   ImageFormation(GaussianPotential(method="fourier")): closed form, CTF, shift, inverse FFT
+  ...-per      the same with per-image models coords (B,N,3) (a decoder's output)
+  ...-grad     forward + backward wrt the per-image coords (one training step's image model)
+  ...-lp6      per-image models with a hard 6 Å low-pass (the closed form evaluates only that band)
 No result is asserted: this is a report, not a test.
 """
 from __future__ import annotations
@@ -146,7 +156,7 @@ def test_map(D, n=40, seed=0):
 
 
 def fmt(label, D, B, t, peak, extra=""):
-    print(f"  {label:<12} D={D:<4} B={B:<5} {B / t:>10.1f} img/s   peak {peak / 2**20:>8.1f} MiB  {extra}", flush=True)
+    print(f"  {label:<19} D={D:<4} B={B:<5} {B / t:>10.1f} img/s   peak {peak / 2**20:>8.1f} MiB  {extra}", flush=True)
     return B / t
 
 
@@ -253,6 +263,60 @@ def bench(D, B, device, repeats, with_drgn):
     return rate
 
 
+def bench_image_formation(D, B, device, repeats):
+    "The two Gaussian image-formation paths (real-space render + FFT vs closed form) on AdK."
+    from cryonb.structure import from_pdb, center_coords
+    from cryonb.ctf import CTFParams
+    cg = from_pdb(Path(__file__).resolve().parents[1] / "tests" / "data" / "adk_closed_1ake.pdb", model=0)
+    coords, _ = center_coords(cg.coords[0], cg.amplitudes)
+    coords, amps = coords.to(device), cg.amplitudes.to(device)
+    N, apix = coords.shape[0], 128.0 / D
+    R = random_rotations(B, D).to(device)
+    g = torch.Generator().manual_seed(D)
+    per = coords + torch.randn(B, N, 3, generator=g).to(device)
+    shifts = (torch.rand(B, 2, generator=g) * 6 - 3).to(device)
+    ctf = CTFParams(*[torch.full((B,), v) for v in (15000.0, 14000.0, 30.0, 300.0, 2.7, 0.1)]).to(device)
+    f_real = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "real")).to(device)
+    f_four = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "fourier")).to(device)
+    lp_real = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "real"), lowpass_A=6.0)
+    lp_four = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, cg.sigma, "fourier"), lowpass_A=6.0)
+    lp_real, lp_four = lp_real.to(device), lp_four.to(device)
+
+    def step(f):
+        def run():
+            with torch.enable_grad():
+                c = per.clone().requires_grad_()
+                f(R, shifts, ctf, coords=c).square().sum().backward()
+                return c.grad
+        return run
+    fns = {"render": lambda: P.render_gmm_2d(coords, amps, cg.sigma, R, D, apix),
+           "fft-path": lambda: P.fft2c(P.render_gmm_2d(coords, amps, cg.sigma, R, D, apix)),
+           "closed-form": lambda: P.render_gmm_2d_ft(coords, amps, cg.sigma, R, D, apix),
+           "IF-real": lambda: f_real(R, shifts, ctf),
+           "IF-fourier": lambda: f_four(R, shifts, ctf),
+           "IF-real-per": lambda: f_real(R, shifts, ctf, coords=per),
+           "IF-fourier-per": lambda: f_four(R, shifts, ctf, coords=per),
+           "IF-real-grad": step(f_real),
+           "IF-fourier-grad": step(f_four),
+           "IF-real-lp6": lambda: lp_real(R, shifts, ctf, coords=per),
+           "IF-fourier-lp6": lambda: lp_four(R, shifts, ctf, coords=per),
+           "IF-real-lp6-grad": step(lp_real),
+           "IF-fourier-lp6-grad": step(lp_four)}
+    print(f"D = {D} (apix {apix:g} Å, AdK {N} Cα beads, σ = {cg.sigma} Å)", flush=True)
+    res = measure_all(fns, device, repeats)
+    rate = {k: fmt(k, D, B, *res[k]) for k in fns}
+    a, b = f_real(R, shifts, ctf), f_four(R, shifts, ctf)
+    print(f"  RATIO closed-form / fft-path = {rate['closed-form'] / rate['fft-path']:.2f}x; "
+          f"IF fourier / real = {rate['IF-fourier'] / rate['IF-real']:.2f}x (per-image "
+          f"{rate['IF-fourier-per'] / rate['IF-real-per']:.2f}x, "
+          f"with backward {rate['IF-fourier-grad'] / rate['IF-real-grad']:.2f}x); "
+          f"images differ by {float((a - b).norm() / b.norm()):.1e} (relative L2)", flush=True)
+    print(f"  RATIO with a 6 Å low-pass (band {lp_four.band_px} of {D // 2} Fourier px): fourier / real = "
+          f"{rate['IF-fourier-lp6'] / rate['IF-real-lp6']:.2f}x, with backward "
+          f"{rate['IF-fourier-lp6-grad'] / rate['IF-real-lp6-grad']:.2f}x", flush=True)
+    return rate
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="benchmarks/projection.py", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
@@ -261,12 +325,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-cryodrgn", action="store_true")
+    ap.add_argument("--image-formation", action="store_true",
+                    help="compare the real-space and closed-form Gaussian image-formation paths (AdK) instead")
     a = ap.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     _malloc_mode(False)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"cryonb projection benchmark: torch {torch.__version__}, {name}, float32, batch {a.batch}")
+    if a.image_formation:
+        with torch.no_grad():
+            for D in a.sizes:
+                bench_image_formation(D, a.batch, device, a.repeats)
+        return 0
     with_drgn = (not a.no_cryodrgn) and cryodrgn_available()
     with torch.no_grad():
         for D in a.sizes:

@@ -7,8 +7,8 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBMODULES = ["core", "distributed", "fourier", "geometry", "ctf", "io", "data", "structure", "projection",
-               "reconstruction", "simulate", "datasets", "synthetic", "methods", "analysis", "cryobench",
+_SUBMODULES = ["core", "distributed", "fourier", "geometry", "ctf", "io", "data", "structure", "restraints", "projection",
+               "reconstruction", "simulate", "datasets", "training", "synthetic", "methods", "analysis", "cryobench",
                "widgets", "report", "demo", "commands", "cli"]
 __all__ = ["__version__"] + _SUBMODULES
 

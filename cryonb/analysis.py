@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from scipy.sparse import csgraph, coo_matrix
-from .core import InputError
+from .core import InputError, atomic_write
 
 # %% auto #0
 __all__ = ['as_latents', 'nearest_point', 'PCAResult', 'pca', 'umap_embedding', 'KMeansResult', 'kmeans', 'Traversal',
@@ -252,7 +252,7 @@ def density_grid(z2d, bins: int = 64, margin: float = 0.05, bandwidth: str | flo
     dens = kde_density(Z, np.c_[gx.ravel(), gy.ravel()], bandwidth, **kw).reshape(bins, bins)
     return xs, ys, dens
 
-# %% ../nbs/20_analysis.ipynb #ba9d20c0
+# %% ../nbs/20_analysis.ipynb #57f19db4
 @dataclass
 class LatentPath:
     "A path through the particles: `ind` (M,) particle indices from start to end, `points` (M, zdim), `length` (Euclidean, latent units), `cost` (density-weighted), `k` (neighbours used)."
@@ -269,6 +269,7 @@ def _endpoint(Z, e, name):
         return int(e)
     return int(nearest_point(Z, np.asarray(e, np.float64).reshape(1, -1))[0])
 
+# %% ../nbs/20_analysis.ipynb #3cc21233
 def density_path(z, start, end, k: int = 10, density=None, eps: float = 0.01,
                  bandwidth: str | float = "scott", max_k: int | None = None, density_max_ref: int = 10000) -> LatentPath:
     """Minimal-cost path between two latent points through high-density regions.
@@ -323,6 +324,7 @@ def linear_path(start, end, n: int = 10) -> np.ndarray:
     if a.shape != b.shape: raise InputError(f"linear_path: end points differ in shape {a.shape} vs {b.shape}")
     return a + np.linspace(0, 1, int(n))[:, None] * (b - a)
 
+# %% ../nbs/20_analysis.ipynb #7a5fe000
 def resample_path(points, n: int = 10) -> np.ndarray:
     """`n` points evenly spaced by arc length along a polyline `points` (M, zdim), ends included -> (n, zdim).
     Linear interpolation between the polyline's vertices."""
@@ -342,7 +344,7 @@ def farthest_pair(points) -> tuple[int, int]:
     i, j = np.unravel_index(D.argmax(), D.shape)
     return int(min(i, j)), int(max(i, j))
 
-# %% ../nbs/20_analysis.ipynb #74e9e99d
+# %% ../nbs/20_analysis.ipynb #e5d415e0
 @dataclass
 class LatentAnalysis:
     "Results of `analyze_latents`: `z` (N, zdim), `pca`, `umap` (N, 2) or None, `kmeans`, `traversals` {pc (0-based): Traversal}."
@@ -365,20 +367,26 @@ class LatentAnalysis:
         "Write cryoDRGN-style outputs under `outdir` (created): pc/umap/labels `.npy`, `kmeans{K}/`, `pc{i}/` (1-based)."
         from cryonb.io import write_pkl
         out = Path(outdir); out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "z_pca.npy", self.pca.coords)
-        np.savetxt(out / "pca_explained_variance.txt", np.c_[self.pca.explained_variance, self.pca.explained_variance_ratio])
+        with atomic_write(out / "z_pca.npy") as tmp:
+            np.save(tmp, self.pca.coords)
+        with atomic_write(out / "pca_explained_variance.txt") as tmp:
+            np.savetxt(tmp, np.c_[self.pca.explained_variance, self.pca.explained_variance_ratio])
         if self.umap is not None:
-            np.save(out / "umap.npy", self.umap)
+            with atomic_write(out / "umap.npy") as tmp:
+                np.save(tmp, self.umap)
         K = len(self.kmeans.center_ind)
         kd = out / f"kmeans{K}"; kd.mkdir(exist_ok=True)
         write_pkl(kd / "labels.pkl", self.kmeans.labels)
-        np.savetxt(kd / "centers.txt", self.kmeans.centers)
-        np.savetxt(kd / "centers_ind.txt", self.kmeans.center_ind, fmt="%d")
+        with atomic_write(kd / "centers.txt") as tmp:
+            np.savetxt(tmp, self.kmeans.centers)
+        with atomic_write(kd / "centers_ind.txt") as tmp:
+            np.savetxt(tmp, self.kmeans.center_ind, fmt="%d")
         for i, t in self.traversals.items():
             pd_ = out / f"pc{i + 1}"; pd_.mkdir(exist_ok=True)
-            np.savetxt(pd_ / "z_values.txt", t.points)
-            np.savetxt(pd_ / "z_values_snapped.txt", t.snapped)
-            np.savetxt(pd_ / "ind.txt", t.ind, fmt="%d")
+            for name, values, fmt in (("z_values.txt", t.points, "%.18e"), ("z_values_snapped.txt", t.snapped, "%.18e"),
+                                      ("ind.txt", t.ind, "%d")):
+                with atomic_write(pd_ / name) as tmp:
+                    np.savetxt(tmp, values, fmt=fmt)
         return out
 
     def add_to_report(self, report, color=None, color_name: str = "", max_points: int = 20000):
@@ -411,6 +419,7 @@ class LatentAnalysis:
             report.add_figure(f, "Particles nearest to evenly spaced points between the 5th and 95th percentile along each principal component.")
         return report
 
+# %% ../nbs/20_analysis.ipynb #0de12216
 def analyze_latents(z, k: int = 20, n_pcs: int = 2, traversal_points: int = 10, umap: bool | None = None,
                     seed: int = 0, n_init: int = 10) -> LatentAnalysis:
     """Standard latent analysis (cryoDRGN `analyze`): PCA, UMAP (default: when zdim > 2),

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from .core import InputError, get_device
+from .core import InputError, get_device, atomic_write
 from .fourier import fsc as _fourier_fsc, fsc_auc as _fourier_auc, fsc_resolution as _fourier_res
 
 # %% auto #0
@@ -386,7 +386,7 @@ def information_imbalance(a, b, ks=(1, 3, 10, 30, 100, 300), n_points: int = 200
     return pd.DataFrame({"k": ks, "delta_ab": out[:, :, 0].mean(0), "delta_ba": out[:, :, 1].mean(0),
                          "delta_ab_std": out[:, :, 0].std(0), "delta_ba_std": out[:, :, 1].std(0)})
 
-# %% ../nbs/21_cryobench.ipynb #2700c5ab
+# %% ../nbs/21_cryobench.ipynb #d5436812
 _J = np.diag([1.0, 1.0, -1.0])
 
 def geodesic_deg(R1, R2) -> np.ndarray:
@@ -439,6 +439,7 @@ def fit_global_rotation(R_gt, R_pred, side: str = "auto", mirror: bool = True, n
                 best = {"G": G, "side": sd, "mirrored": mir, "aligned": aligned, "median_deg": med}
     return best
 
+# %% ../nbs/21_cryobench.ipynb #a4c2e8b6
 def pose_error(R_gt, R_pred, t_gt=None, t_pred=None, labels=None, side: str = "auto", mirror: bool = True,
                fit_offset: bool = False, n_anchors: int = 30, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Per-image pose errors after the global fit (`fit_global_rotation`).
@@ -586,13 +587,14 @@ def benchmark_reconstructor(bench: Benchmark, device=None, **kwargs) -> Callable
         return out["map"]
     return reconstruct
 
-# %% ../nbs/21_cryobench.ipynb #6ef86d4c
+# %% ../nbs/21_cryobench.ipynb #5768052c
 def _ctf_features(ctf: np.ndarray) -> np.ndarray:
     "z-scored cryoDRGN CTF columns that vary (defocus U/V, angle, ...)."
     x = ctf[:, 2:].astype(np.float64)
     sd = x.std(0); keep = sd > 0
     return (x[:, keep] - x[:, keep].mean(0)) / sd[keep] if keep.any() else np.zeros((len(x), 1))
 
+# %% ../nbs/21_cryobench.ipynb #cf6fca14
 def evaluate(dataset, z=None, volumes=None, decode: Callable | None = None, volume_z=None, volume_labels=None,
              rule: str = "auto", mask=None, poses=None, per_image: int = 100, gt_embedding=None,
              ns_fractions=(0.01, 0.02, 0.05, 0.1, 0.2), ns_subsets: int = 5, ii_ks=(1, 3, 10, 30),
@@ -694,6 +696,7 @@ def evaluate(dataset, z=None, volumes=None, decode: Callable | None = None, volu
     res["figures"], res["bench"], res["method"], res["n_scored"] = figs, bench, method, len(sel)
     return res
 
+# %% ../nbs/21_cryobench.ipynb #efda3e36
 def write_results(res: dict, out) -> dict:
     """Write `evaluate`'s results to folder `out`: `metrics.csv` (summary), `metrics.json` (summary +
     every table), `per_state_fsc.csv`, `per_image_fsc.csv`, `fsc_curves.npz`, `neighborhood_similarity.csv`,
@@ -701,24 +704,36 @@ def write_results(res: dict, out) -> dict:
     `cryonb.report.Report`). Returns `{name: path}`."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = {}
-    res["summary"].to_csv(out / "metrics.csv", index=False); files["metrics.csv"] = out / "metrics.csv"
+
+    def _write_csv(df, path: Path) -> Path:
+        with atomic_write(path) as tmp:
+            df.to_csv(tmp, index=False)
+        return path
+
+    files["metrics.csv"] = _write_csv(res["summary"], out / "metrics.csv")
     js = {"method": res.get("method"), "dataset": str(res["bench"].root), "apix": res["bench"].apix,
           "summary": res["summary"].to_dict(orient="records")}
     curves = {}
     for key in ("per_state", "per_image", "upper", "lower"):
         r = res.get(key)
         if r is None: continue
-        r.table.to_csv(out / f"{key}_fsc.csv", index=False); files[f"{key}_fsc.csv"] = out / f"{key}_fsc.csv"
+        files[f"{key}_fsc.csv"] = _write_csv(r.table, out / f"{key}_fsc.csv")
         js[key] = r.table.to_dict(orient="records"); curves[f"{key}_fsc"] = r.curves; curves["freqs"] = r.freqs
-    if curves: np.savez(out / "fsc_curves.npz", **curves); files["fsc_curves.npz"] = out / "fsc_curves.npz"
+    if curves:
+        with atomic_write(out / "fsc_curves.npz") as tmp:
+            np.savez(tmp, **curves)
+        files["fsc_curves.npz"] = out / "fsc_curves.npz"
     for key, fn in (("ns", "neighborhood_similarity.csv"), ("ii", "information_imbalance.csv")):
         if res.get(key) is not None:
-            res[key].to_csv(out / fn, index=False); files[fn] = out / fn; js[key] = res[key].to_dict(orient="records")
+            files[fn] = _write_csv(res[key], out / fn)
+            js[key] = res[key].to_dict(orient="records")
     if res.get("pose") is not None:
         tab, info = res["pose"]
-        tab.to_csv(out / "pose_error.csv", index=False); files["pose_error.csv"] = out / "pose_error.csv"
+        files["pose_error.csv"] = _write_csv(tab, out / "pose_error.csv")
         js["pose_fit"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info.items()}
-    (out / "metrics.json").write_text(json.dumps(js, indent=1, default=float)); files["metrics.json"] = out / "metrics.json"
+    with atomic_write(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(js, indent=1, default=float))
+    files["metrics.json"] = out / "metrics.json"
     from cryonb.report import Report
     rep = Report(f"CryoBench evaluation: {res.get('method')}", f"dataset {res['bench'].root}, {len(res['bench'].labels)} images, "
                  f"{len(res['bench'].gt_maps)} GT states, D = {res['bench'].D}, {res['bench'].apix:g} Å/px")

@@ -16,7 +16,7 @@ from .core import InputError
 # %% auto #0
 __all__ = ['ParticleDataset', 'collate_particles', 'batch_to', 'ParticleLoader', 'random_halfsets', 'halfsets']
 
-# %% ../nbs/04_data.ipynb #41b73eb4
+# %% ../nbs/04_data.ipynb #d47a55e7
 def _read_labels(labels, meta):
     "Labels for the particles of `meta`: given per selected particle, or per row of the source file."
     if labels is None: return None
@@ -35,6 +35,7 @@ def _read_labels(labels, meta):
         else: raise CryoFormatError(f"{what}: {len(a)} labels; expected one per particle ({len(meta)} selected from {meta.source})")
     return torch.as_tensor(a.astype(np.int64))
 
+# %% ../nbs/04_data.ipynb #6756ae9a
 class ParticleDataset(Dataset):
     """Particle images with poses, CTF, half-set and labels, read lazily from any particle input.
 

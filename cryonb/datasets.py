@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import InputError
+from .core import InputError, atomic_write
 from . import structure
 from .simulate import simulate_dataset, SimulatedDataset, JUNK_KINDS
 
@@ -113,7 +113,8 @@ def make_adk_dataset(out_dir, states: int = 10, images_per_state: int = 100, D: 
     ds = simulate_dataset([atoms], out_dir, images_per_state, D=D, apix=apix, snr=snr, seed=seed, max_shift_px=max_shift_px,
                           bfactor=bfactor, model_to_map=model_to_map, map_bfactor=map_bfactor,
                           junk_fraction=junk_fraction, junk_kind=junk_kind, **kwargs)
-    table.to_csv(Path(out_dir) / "states.csv", index=False)
+    with atomic_write(Path(out_dir) / "states.csv") as tmp:
+        table.to_csv(tmp, index=False)
     cg = structure.coarse_grain(atoms)
     cg.to_pdb(Path(out_dir) / "gt_models.pdb")
     return ds

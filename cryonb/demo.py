@@ -266,6 +266,11 @@ def _child_main(argv=None):
 # %% ../nbs/41_demo.ipynb #533cd59f
 def _fmt_pm(m, s): return f"{m:.3f} ± {s:.3f}"
 
+def _mb(timing: dict):
+    "Peak memory (MB) of a step as an integer; NaN when the step has no figure."
+    v = timing.get("peak_mem_MB", float("nan"))
+    return round(v) if v == v else v
+
 def results_table(results: dict, timings: dict):
     "The side-by-side table: one row per bound/method with per-conformation AUC, resolution, time, memory."
     import pandas as pd
@@ -277,7 +282,7 @@ def results_table(results: dict, timings: dict):
             s = b[key]
             rows.append({"method": label, "AUC mean ± std": _fmt_pm(s["auc_mean"], s["auc_std"]), "AUC median": round(s["auc_median"], 4),
                          "res. FSC=0.5 (Å)": round(s["res_05_A"], 2), "res. FSC=0.143 (Å)": round(s["res_0143_A"], 2),
-                         "time (s)": round(tb.get("wall_s", float("nan")), 1), "peak mem (MB)": round(tb.get("peak_mem_MB", float("nan")))})
+                         "time (s)": round(tb.get("wall_s", float("nan")), 1), "peak mem (MB)": _mb(tb)})
     for name, r in results.items():
         if not name.startswith("method:") or r.get("kind") == "sieving": continue
         t = timings.get(name, {})
@@ -286,7 +291,7 @@ def results_table(results: dict, timings: dict):
         s = r["per_state"]
         rows.append({"method": name[7:], "AUC mean ± std": _fmt_pm(s["auc_mean"], s["auc_std"]), "AUC median": round(s["auc_median"], 4),
                      "res. FSC=0.5 (Å)": round(s["res_05_A"], 2), "res. FSC=0.143 (Å)": round(s["res_0143_A"], 2),
-                     "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": round(t.get("peak_mem_MB", float("nan")))})
+                     "time (s)": round(t.get("wall_s", float("nan")), 1), "peak mem (MB)": _mb(t)})
     return pd.DataFrame(rows)
 
 def write_demo_report(ctx: DemoContext, results: dict, timings: dict) -> Path:

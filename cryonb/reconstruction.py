@@ -39,7 +39,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a - a.mean(), b - b.mean()
     return float((a @ b) / (a.norm() * b.norm()))
 
-# %% ../nbs/07_reconstruction.ipynb #c3ce425e
+# %% ../nbs/07_reconstruction.ipynb #d186c235
 def _regulariser_from_fsc(mean_w: torch.Tensor, curve: torch.Tensor, full: bool) -> torch.Tensor:
     """Per-shell `σ²/τ² = ⟨W⟩_shell / SNR_shell` from a half-map FSC `curve (S,)`.
     `SNR = FSC/(1−FSC)` (half-map) or `2·FSC/(1−FSC)` (full map), FSC clipped to [0.001, 0.999]
@@ -52,6 +52,7 @@ def _regulariser_from_fsc(mean_w: torch.Tensor, curve: torch.Tensor, full: bool)
     lam[n:] = mean_w[n:] / snr[-1]
     return lam
 
+# %% ../nbs/07_reconstruction.ipynb #4df53e69
 class Reconstructor:
     """Streaming Fourier reconstruction of a map and its two half-maps.
 
@@ -538,7 +539,9 @@ def write_fsc_plot(path, freqs, curves: dict, apix: float, title: str = "Fourier
     out = [p]
     try:
         import kaleido  # noqa: F401
-        fig.write_image(str(p.with_suffix(".png"))); out.append(p.with_suffix(".png"))
+        with atomic_write(p.with_suffix(".png")) as tmp:
+            fig.write_image(str(tmp), format="png")
+        out.append(p.with_suffix(".png"))
     except Exception as e:
         print(f"note: no PNG written for {p.name} ({type(e).__name__}: {e}); the HTML plot has the same content", file=sys.stderr)
     return out
@@ -571,18 +574,49 @@ def _auto_oversampling(n_particles: int, D: int) -> int:
     "Padding factor for `n_particles` (both halves) at box `D`: 2 if each half has ≥ 2·D particles, else 1."
     return 2 if n_particles // 2 >= 2 * D else 1
 
+def _save_checkpoint(path, rec: Reconstructor, done: int, key: dict) -> None:
+    "Write the accumulated Fourier sums after `done` images, atomically (a kill leaves the previous checkpoint)."
+    state = dict(key=key, done=int(done), num=rec._num.cpu(), wts=rec._wts.cpu(), counts=list(rec.counts),
+                 seen=int(rec._seen))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+def _load_checkpoint(path, rec: Reconstructor, key: dict) -> int:
+    "Restore the sums of a checkpoint made with the same `key` (data, poses, settings); returns the images done."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable reconstruction checkpoint ({e}); delete it to start over") from e
+    if state.get("key") != key:
+        raise InputError(f"{path}: checkpoint of a different run (particles, box, half-sets or settings differ); "
+                         "delete it to start over")
+    rec._num.copy_(state["num"])
+    rec._wts.copy_(state["wts"])
+    rec.counts = list(state["counts"])
+    rec._seen = int(state["seen"])
+    return int(state["done"])
+
+# %% ../nbs/07_reconstruction.ipynb #209b935d
 def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = "auto", seed: int = 0,
                         ctf: bool = True, oversampling: int | str = "auto", regularization="fsc", n_iter: int = 2,
-                        invert: bool = False, progress: bool = False) -> dict:
+                        invert: bool = False, progress: bool = False, checkpoint=None,
+                        checkpoint_every: int = 10_000) -> dict:
     """Reconstruct a map and half-maps from a `ParticleDataset` (`ds.rotations` needed; CTF and shifts used
     when present and `ctf=True`).
 
-    `batch_size` images per step; `device` (`None` autodetects); `halfsets`: `'auto'` (from the file when
-    every particle has `rlnRandomSubset` and both subsets occur, else random), `'data'`, `'random'` (seeded by `seed`: a random
-    half of the particles in each set) or `'alternate'`; `oversampling`: 1, 2 or `'auto'` (see above);
-    `regularization`, `n_iter`: as `Reconstructor.finalize`; `invert`: multiply images by −1
-    (dark-on-light data without CTF). Returns `Reconstructor.finalize`'s dict plus `oversampling` and
-    `halfsets`. Raises `InputError` without poses, with a pixel size unknown, or an odd box."""
+    `batch_size` images per step; `device` (`None` autodetects); `halfsets`: the policy of
+    `cryonb.data.halfsets` (`'auto'`, `'data'`, `'random'` seeded by `seed`, `'alternate'`); `oversampling`:
+    1, 2 or `'auto'` (see above); `regularization`, `n_iter`: as `Reconstructor.finalize`; `invert`: multiply
+    images by −1 (dark-on-light data without CTF); `progress`: a `tqdm.auto` bar over the images.
+
+    `checkpoint`: a file where the accumulated Fourier sums are saved (atomically, `core.atomic_write`) at
+    least every `checkpoint_every` images (rounded up to whole batches). If it exists when called, the run
+    resumes after the images it holds; the images are added in the same order in the same batches, so the
+    result is bit-identical to an uninterrupted run on the CPU (on CUDA the
+    scattered additions are unordered, so two runs, resumed or not, agree to float rounding). It is deleted once the sums are
+    complete (with any temporary copy a kill left during a save). Returns `Reconstructor.finalize`'s dict plus `oversampling` and `halfsets`. Raises
+    `InputError` without poses, with a pixel size unknown, an odd box, or a checkpoint of another run."""
     if getattr(ds, "rotations", None) is None:
         raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: no poses; give a pose file (--poses) or a STAR with angles")
     if not ds.apix:
@@ -590,17 +624,34 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     n = len(ds)
     if n < 2: raise InputError(f"reconstruct_dataset: need at least 2 particles, got {n}")
     ov = _auto_oversampling(n, ds.D) if oversampling == "auto" else int(oversampling)
-    from cryonb.data import halfsets as _halfsets
+    from cryonb.data import halfsets as _halfsets, batch_to
     hs, how = _halfsets(ds, halfsets, seed)
     dev = get_device(device)
     rec = Reconstructor(ds.D, ds.apix, oversampling=ov, device=dev)
-    it = ds.loader(batch_size, device=dev)
+    done = 0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        key = dict(n=n, D=int(ds.D), apix=float(ds.apix), oversampling=ov, batch_size=int(batch_size),
+                   halfsets=hs.tolist(), ctf=bool(ctf), invert=bool(invert), device=dev.type,
+                   rotations_sum=float(ds.rotations.double().sum()))
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp*"):   # a kill during a checkpoint write
+            stale.unlink(missing_ok=True)
+        if checkpoint.exists(): done = _load_checkpoint(checkpoint, rec, key)
+    every = max(1, -(-int(checkpoint_every) // batch_size)) * batch_size
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="back-projecting", unit="batch")
-    for b in it:
+        bar = tqdm(total=n, initial=done, desc="back-projecting", unit="image")
+    for start in range(done, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        b = batch_to(ds.get_batch(idx), dev)
         x = -b["images"] if invert else b["images"]
-        rec.add(x, b["rotations"], b.get("shifts"), b.get("ctf") if ctf else None, hs[b["index"].cpu()].to(dev))
+        rec.add(x, b["rotations"], b.get("shifts"), b.get("ctf") if ctf else None, hs[idx].to(dev))
+        if bar is not None: bar.update(len(idx))
+        end = int(idx[-1]) + 1
+        if checkpoint is not None and end < n and end % every == 0: _save_checkpoint(checkpoint, rec, end, key)
+    if bar is not None: bar.close()
     out = rec.finalize(regularization, n_iter=n_iter)
+    if checkpoint is not None: checkpoint.unlink(missing_ok=True)
     out.update(oversampling=ov, halfsets=how)
     return out

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['fsc_crossing', 'fsc_figure', 'latent_scatter', 'line_figure', 'map_slices_figure', 'Section', 'Report']
@@ -200,7 +201,7 @@ def map_slices_figure(vol, apix: float | None = None, index=None, title: str = "
     fig.update_layout(title=title, height=height, **_LAYOUT)
     return fig
 
-# %% ../nbs/31_report.ipynb #b9b5d10f
+# %% ../nbs/31_report.ipynb #8d1853b5
 def _fmt_value(v) -> str:
     "Short human-readable form of a parameter value."
     if hasattr(v, "detach"): v = v.detach().cpu().numpy()
@@ -236,6 +237,7 @@ th{background:#eef} td.k{text-align:left;font-family:monospace} caption,.caption
 .fig{margin:1em 0} nav{background:#f6f6fa;padding:.5em 1em;font-size:.9em} footer{margin-top:3em;color:#888;font-size:.8em}
 """
 
+# %% ../nbs/31_report.ipynb #8e96a396
 class Report:
     """A self-contained HTML report: `Report(title)`, then `add_*` calls in reading order, then `write(path)`.
 
@@ -344,7 +346,8 @@ class Report:
         if p.suffix.lower() not in (".html", ".htm"):
             p = p / "report.html"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_html(), encoding="utf-8")
+        with atomic_write(p) as tmp:
+            tmp.write_text(self.to_html(), encoding="utf-8")
         if png:
             self.write_png(p.parent)
         return p
@@ -362,7 +365,9 @@ class Report:
             n += 1
             f = Path(folder) / f"fig{n:02d}.png"
             try:
-                s.obj.write_image(str(f)); out.append(f)
+                with atomic_write(f) as tmp:
+                    s.obj.write_image(str(tmp), format="png")
+                out.append(f)
             except Exception as e:  # kaleido needs a browser in v1; never fail the run for a PNG
                 warnings.warn(f"Report.write_png: could not write {f}: {e}")
         return out

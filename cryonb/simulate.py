@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import mrcfile, starfile
 
-from .core import get_device, InputError
+from .core import get_device, InputError, atomic_write
 from .fourier import fft2c, ifft2c, ifftnc, fftnc, fourier_crop, phase_shift, downsample
 from .geometry import random_rotations, matrix_to_euler
 from .ctf import CTFParams, ctf_2d
@@ -133,11 +133,12 @@ def signal_std(images: torch.Tensor, mask_radius: float | None = None) -> float:
     return float(x.std())
 
 
-def _pooled_std(chunks, good: np.ndarray, chunk_size: int, mask_radius: float | None = None) -> float:
-    "`signal_std` of the images flagged `good` in a sequence of chunks, without concatenating them."
-    s1 = s2 = 0.0; n = 0
-    for j, x in enumerate(chunks):
-        g = torch.as_tensor(good[j * chunk_size: j * chunk_size + len(x)], device=x.device)
+def _pooled_std(chunks, good: np.ndarray, mask_radius: float | None = None) -> float:
+    "`signal_std` of the images flagged `good` in a sequence of chunks (any sizes), without concatenating them."
+    s1 = s2 = 0.0; n = 0; o = 0
+    for x in chunks:
+        g = torch.as_tensor(good[o:o + len(x)], device=x.device)
+        o += len(x)
         x = x[g].double()
         if mask_radius is not None:
             D = x.shape[-1]; k = torch.arange(D, device=x.device) - D // 2
@@ -280,7 +281,27 @@ def _star_tables(names, R, shifts_A, ctf: CTFParams, labels, halfsets, D, apix):
 
 
 
-# %% ../nbs/08_simulate.ipynb #3eac699a
+# %% ../nbs/08_simulate.ipynb #833046aa
+def _save_sim_checkpoint(path: Path, key: str, files: int, k: int, i: int, gnoise_state, sn: float, noise_std: list,
+                         gt_paths: list) -> None:
+    "Where a killed `simulate_dataset` resumes: `files` complete stacks, next image `i` of state `k`, the noise stream."
+    state = dict(key=key, files=int(files), k=int(k), i=int(i), sn=float(sn), noise_std=[float(s) for s in noise_std],
+                 gt_paths=[str(p) for p in gt_paths], gnoise=None if gnoise_state is None else gnoise_state.cpu())
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+def _load_sim_checkpoint(path: Path, key: str) -> dict:
+    "The checkpoint of the same simulation (same parameters), else `InputError` naming the file."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable simulation checkpoint ({e}); delete it to start over") from e
+    if state.get("key") != key:
+        raise InputError(f"{path}: checkpoint of a simulation with other parameters; delete it (or use another "
+                         "output folder) to start over")
+    return state
+
+# %% ../nbs/08_simulate.ipynb #beb6dd24
 JUNK_KINDS = {"noise": 1, "pose": 2, "structure": 3}
 
 
@@ -331,7 +352,7 @@ def _resolve_for_output(x, D, apix, sim_D, model_to_map, sigma, map_bfactor) -> 
     Dsim = sim_D or D
     return resolve_states(x, Dsim, apix * D / Dsim, model_to_map, sigma, map_bfactor)
 
-
+# %% ../nbs/08_simulate.ipynb #5b2c19bf
 def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = None, apix: float | None = None,
                      snr: float | None = 0.01, seed: int = 0, max_shift_px: float = 0.0,
                      ctf_table=None, ctf_replace: bool = False, defocus_range=(10000.0, 25000.0),
@@ -359,6 +380,10 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
     Junk particles: see above. Writes `particles.mrcs` (or `particles_NNN.mrcs` + `particles.txt`),
     `particles.star` (RELION 3.1), `pose.pkl`, `ctf.pkl`, `labels.npy`, `junk.npy`, `junk_kind.npy`,
     `gt_maps/state_NNN.mrc`, `params.json`. Returns a `SimulatedDataset`.
+    Every file is written atomically. Resumable: a checkpoint `simulate.ckpt.pt` is saved each time a
+    stack file is complete; rerun with the same arguments after a kill, the simulation continues after the last
+    complete stack (same images, bit for bit on the CPU, where it is tested) and deletes the checkpoint at the end; a
+    checkpoint of other parameters raises `InputError`.
     Raises `InputError` / `FileNotFoundError` for bad inputs."""
     t0 = time.time()
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
@@ -393,25 +418,39 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
         jidx = torch.randperm(N, generator=gj)[:n_junk].numpy()
         kinds[jidx] = (JUNK_KINDS[junk_kind] if junk_kind != "mixed" else torch.randint(1, 4, (n_junk,), generator=gj).numpy())
     R_junk = random_rotations(N, generator=_gen(seed, 5), device="cpu")   # used only where kinds == 2
-    # ---- stream ----
+    # ---- stream (resumable: a checkpoint at every completed stack file) ----
+    ckpt = out / "simulate.ckpt.pt"
+    key = json.dumps({k: v for k, v in params.items() if k != "progress"}, sort_keys=True, default=str)
+    for stale in [*out.glob(".particles*.tmp.mrcs"), *out.glob(f".{ckpt.name}.*.tmp*")]:
+        stale.unlink(missing_ok=True)                               # partial files of a killed run
     writer = _StackStream(out, "particles", N, D, apix_o, images_per_file)
     noise_std, gt_paths, decoy_vf = [], [], None
+    resume = _load_sim_checkpoint(ckpt, key) if ckpt.exists() else None
+    k0, i0 = 0, 0
+    if resume is not None:
+        writer.file, k0, i0 = resume["files"], resume["k"], resume["i"]
+        noise_std, gt_paths = list(resume["noise_std"]), [Path(p) for p in resume["gt_paths"]]
+    file_ends = set(np.cumsum(writer.counts).tolist())
     if (kinds == 3).any():
         if decoy is not None:
             dsrc = resolve_states(decoy, Ds, apix_s, model_to_map, sigma, map_bfactor)
             if dsrc.D0 != Ds: raise InputError(f"decoy box {dsrc.D0} differs from the simulation box {Ds}")
             decoy_vf = prepare_volume(dsrc.get(0)[0].to(dev), oversampling)
-    it = range(K)
+        else:
+            decoy_vf = prepare_volume(_random_blob_decoy(src.get(0)[0].cpu(), apix_s, _seed(seed, 6)).to(dev), oversampling)
+    it = range(k0, K)
     if progress:
-        from tqdm.auto import tqdm; it = tqdm(it, desc="states")
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="states", initial=k0, total=K)
     for k in it:
+        a, b = int(starts[k]), int(starts[k + 1])
+        partial = resume is not None and k == k0 and i0 > a
         vol = src.get(k)[0].to(dev)
-        gt_paths.append(cio.write_map(out / "gt_maps" / f"state_{k:03d}.mrc", downsample(vol, D, 3) if D != Ds else vol, apix_o))
-        if (kinds == 3).any() and decoy_vf is None:
-            decoy_vf = prepare_volume(_random_blob_decoy(vol.cpu(), apix_s, _seed(seed, 6)).to(dev), oversampling)
+        if not partial:
+            gt = cio.write_map(out / "gt_maps" / f"state_{k:03d}.mrc", downsample(vol, D, 3) if D != Ds else vol, apix_o)
+            gt_paths.append(gt)
         vf = prepare_volume(vol, oversampling)
         gnoise = _gen(seed, 7, k, device=dev)
-        a, b = int(starts[k]), int(starts[k + 1])
 
         def clean(i0, i1, full=False):
             sl = slice(i0, i1)
@@ -427,32 +466,48 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
             return img
 
         n_cal = min(b - a, snr_images)
-        held = [clean(i, min(i + chunk_size, a + n_cal)) for i in range(a, a + n_cal, chunk_size)]
-        if snr is None: sn = 0.0
+        # chunks of at most chunk_size images that never straddle the end of the calibration set or of a stack file
+        cuts = sorted({*range(a, a + n_cal, chunk_size), *range(a + n_cal, b, chunk_size),
+                       *(e for e in file_ends if a < e < b)})
+        chunks = list(zip(cuts, cuts[1:] + [b]))
+        held = {}
+        if partial:
+            gnoise.set_state(resume["gnoise"])
+            sn = resume["sn"]
         else:
-            good = kinds[a:a + n_cal] == 0
-            if not good.any(): good[:] = True
-            if snr_box == "output":
-                s_sig = _pooled_std(held, good, chunk_size, snr_mask_radius)
-            else:                                           # CryoBench: σ at the simulation box, noise cropped with the image
-                full = (clean(i, min(i + chunk_size, a + n_cal), full=True) for i in range(a, a + n_cal, chunk_size))
-                s_sig = _pooled_std(full, good, chunk_size, None if snr_mask_radius is None else snr_mask_radius * Ds / D) * D / Ds
-            sn = s_sig / math.sqrt(snr)
-        noise_std.append(sn)
-        for img in held: writer.write(add_noise(img, sn, gnoise) if sn > 0 else img)
-        del held
-        for i in range(a + n_cal, b, chunk_size):
-            img = clean(i, min(i + chunk_size, b))
+            held = {c: clean(*c) for c in chunks if c[0] < a + n_cal}
+            if snr is None: sn = 0.0
+            else:
+                good = kinds[a:a + n_cal] == 0
+                if not good.any(): good[:] = True
+                if snr_box == "output":
+                    s_sig = _pooled_std(list(held.values()), good, snr_mask_radius)
+                else:                                       # CryoBench: σ at the simulation box, noise cropped with the image
+                    full = (clean(i, j, full=True) for i, j in chunks if i < a + n_cal)
+                    s_sig = _pooled_std(full, good, None if snr_mask_radius is None else snr_mask_radius * Ds / D) * D / Ds
+                sn = s_sig / math.sqrt(snr)
+            noise_std.append(sn)
+        for c in chunks:
+            if partial and c[0] < i0: continue
+            img = held.pop(c) if c in held else clean(*c)
             writer.write(add_noise(img, sn, gnoise) if sn > 0 else img)
+            if c[1] in file_ends and c[1] < N:                      # a stack file is complete: checkpoint
+                nxt = (k, c[1]) if c[1] < b else (k + 1, c[1])
+                _save_sim_checkpoint(ckpt, key, writer.file, *nxt, gnoise.get_state() if c[1] < b else None, sn,
+                                     noise_std, gt_paths)
         del vf
     stacks = writer.close()
     # ---- metadata files ----
-    if len(stacks) > 1: (out / "particles.txt").write_text("".join(f"{p.name}\n" for p in stacks))
+    if len(stacks) > 1:
+        with atomic_write(out / "particles.txt") as tmp:
+            tmp.write_text("".join(f"{p.name}\n" for p in stacks))
     optics, parts = _star_tables(writer.image_names(), R, shifts, ctf, labels, half, D, apix_o)
     cio.write_star(out / "particles.star", parts, optics)
     cio.write_poses_pkl(out / "pose.pkl", R, shifts.double() / apix_o / D)
     cio.write_ctf_pkl(out / "ctf.pkl", ctf.to_cryodrgn(D, apix_o))
-    np.save(out / "labels.npy", labels); np.save(out / "junk.npy", kinds > 0); np.save(out / "junk_kind.npy", kinds)
+    for name, arr in (("labels.npy", labels), ("junk.npy", kinds > 0), ("junk_kind.npy", kinds)):
+        with atomic_write(out / name) as tmp:
+            np.save(tmp, arr)
     params.update(dict(n_states=K, n_images=N, n_per_state=counts.tolist(), D=D, apix=apix_o, sim_D=Ds, sim_apix=apix_s,
                        states=src.description, noise_std=noise_std, n_junk=int(n_junk),
                        image_model="image = CTF_RELION * P V + noise (RELION sign, CTF(0)=+w; no inversion)",
@@ -460,6 +515,8 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
                        seed_streams={"rotations": [seed, 0], "shifts": [seed, 1], "ctf": [seed, 2], "halfsets": [seed, 3],
                                      "junk": [seed, 4], "junk_rotations": [seed, 5], "decoy": [seed, 6], "noise": [seed, 7, "state"]},
                        seconds=round(time.time() - t0, 2), cryonb_version=__import__("cryonb").__version__))
-    (out / "params.json").write_text(json.dumps(params, indent=1, default=str))
+    with atomic_write(out / "params.json") as tmp:
+        tmp.write_text(json.dumps(params, indent=1, default=str))
+    ckpt.unlink(missing_ok=True)
     return SimulatedDataset(out, out / "particles.star", stacks, out / "pose.pkl", out / "ctf.pkl", out / "labels.npy",
                             out / "junk.npy", gt_paths, out / "params.json", N, D, apix_o, noise_std)

@@ -86,7 +86,7 @@ def read_atoms(path_or_structure, include_hydrogens: bool = False, include_water
     return AtomArrays(coords, np.array(names), np.array(resnames), np.array(resids, dtype=np.int64),
                       np.array(chains), np.array(elements), np.array(b, dtype=np.float32))
 
-# %% ../nbs/05_structure.ipynb #f84ff1a2
+# %% ../nbs/05_structure.ipynb #d2dfabb9
 def atomic_numbers(elements) -> np.ndarray:
     "Atomic numbers `(n,)` int of element symbols (gemmi's periodic table); raises `InputError` for an unknown symbol."
     els = np.asarray(elements)
@@ -146,7 +146,7 @@ class CGModel:
         "Write the ensemble as a multi-model CA/C1' trace PDB (see `write_pdb`)."
         return write_pdb(path, self.coords, self, bfactors=bfactors)
 
-
+# %% ../nbs/05_structure.ipynb #a3dec008
 def coarse_grain(atoms: AtomArrays, include_hydrogens: bool = False, sigma: float = 2.0) -> CGModel:
     """Coarse-grain `AtomArrays` to a `CGModel` (one Gaussian per residue at CA, or C1' for nucleotides).
 
@@ -281,6 +281,7 @@ def write_pdb(path, coords, template: AtomArrays | CGModel | None = None, bfacto
     st = atoms_to_structure(X, names, resnames, resids, elements, chains, bfactors)
     opt = gemmi.PdbWriteOptions()
     opt.minimal_file = True
+    opt.cryst1_record = False                       # no unit cell: a CRYST1 of 1 Å would invite symmetry mates
     with atomic_write(path) as tmp:
         st.write_pdb(str(tmp), opt)
     return Path(path)

@@ -81,7 +81,7 @@ def _random_particles(n: int, D: int, apix: float, rng, seed: int):
     optics = pd.DataFrame(dict(rlnOpticsGroup=[1], rlnOpticsGroupName=["opticsGroup1"], rlnAmplitudeContrast=[0.1],
                                rlnSphericalAberration=[2.7], rlnVoltage=[300.0], rlnImagePixelSize=[apix],
                                rlnImageSize=[D], rlnImageDimensionality=[2]))
-    ang = matrix_to_euler(random_rotations(n, seed=seed).double()).numpy()
+    ang = matrix_to_euler(random_rotations(n, seed=seed, device="cpu").double()).numpy()
     du = rng.uniform(5000, 15000, n)
     p = dict(apix=np.full(n, apix), angles=ang, shifts_A=rng.uniform(-2.5, 2.5, (n, 2)) * apix, voltage=np.full(n, 300.0),
              cs=np.full(n, 2.7), w=np.full(n, 0.1), du=du, dv=du - rng.uniform(0, 500, n), da=rng.uniform(0, 180, n),
@@ -130,7 +130,7 @@ def blob_dataset(folder, n: int = 200, D: int = 32, apix: float = 2.0, junk_frac
     rot = euler_to_matrix(torch.tensor(np.asarray(p["angles"], dtype=np.float64))).numpy()
     junk = np.zeros(n, bool)
     junk[rng.choice(n, int(round(junk_fraction * n)), replace=False)] = True
-    if junk_kind == "pose": rot[junk] = random_rotations(int(junk.sum()), seed=seed + 1).double().numpy()
+    if junk_kind == "pose": rot[junk] = random_rotations(int(junk.sum()), seed=seed + 1, device="cpu").double().numpy()
     proj = torch.as_tensor(blob_projections(centers, rot, D, apix, sigma_A, amps))
     bf = torch.as_tensor(rng.uniform(bfactor_range[0], bfactor_range[1], n) if bfactor_range[1] > 0 else np.zeros(n))
     s2 = (torch.arange(D, dtype=torch.float64) - D // 2) ** 2

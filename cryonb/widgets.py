@@ -74,7 +74,7 @@ class _Viewer:
         from IPython.display import display
         display(self.widget)
 
-# %% ../nbs/30_widgets.ipynb #249a7d37
+# %% ../nbs/30_widgets.ipynb #745fc52f
 def _block_mean(v: np.ndarray, f: int) -> np.ndarray:
     "Average non-overlapping f³ blocks (zero-padding the far edge)."
     if f <= 1: return v
@@ -83,6 +83,7 @@ def _block_mean(v: np.ndarray, f: int) -> np.ndarray:
     n = [s // f for s in v.shape]
     return v.reshape(n[0], f, n[1], f, n[2], f).mean((1, 3, 5))
 
+# %% ../nbs/30_widgets.ipynb #98c507b7
 class MapViewer(_Viewer):
     """Orthogonal sections with a slice slider and an isosurface with a threshold slider.
 
@@ -201,7 +202,7 @@ class MapViewer(_Viewer):
         self.slice_slider.value = min(self.slice_slider.value, n - 1)
         self._draw_slice(); self._draw_iso()
 
-# %% ../nbs/30_widgets.ipynb #2d80bbd3
+# %% ../nbs/30_widgets.ipynb #f45ec380
 class ParticleGallery(_Viewer):
     """Paged grid of particle images with their pose/CTF/defocus.
 
@@ -312,6 +313,7 @@ class ParticleGallery(_Viewer):
         self.label.value = f"particles {idx[0]}–{idx[-1]} of {self.n}" if len(idx) else "no particles"
         self.table.value = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
 
+# %% ../nbs/30_widgets.ipynb #c09a5baa
 def _torch_as(x):
     "Tensor view of an array-like (for calling cryonb's torch functions from widget code)."
     import torch

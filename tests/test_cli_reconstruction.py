@@ -98,7 +98,7 @@ def _cli_error(argv, capsys) -> str:
     "Run the CLI expecting bad input: exit code 2 and a one-line message (no traceback) on stderr."
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "Traceback" not in err
+    assert f"cryonb {argv[0]}: error:" in err and "Traceback" not in err, err
     return err
 
 def test_cli_bad_input(bp, tmp_path, capsys):
@@ -113,3 +113,20 @@ def test_cli_bad_input(bp, tmp_path, capsys):
     assert "missing.mrc" in _cli_error(["fsc", a, str(tmp_path / "missing.mrc")], capsys)
     # 1000 poses for 100 images
     assert "1000" in _cli_error(["backproject", str(T("hand.mrcs")), "--poses", str(T("toy_angles.pkl")), "-o", str(tmp_path / "y")], capsys)
+
+
+def test_cli_bad_flags_and_checkpoints(tmp_path, capsys):
+    "Flags checked at parse time; a checkpoint of another run is refused naming it, and nothing is written."
+    base = ["backproject", str(T("hand.mrcs")), "--poses", str(T("hand_rot.pkl")), "--device", "cpu", "--no-plot"]
+    out = tmp_path / "o"
+    for bad in (["--checkpoint-every", "0"], ["-b", "0"], ["--apix", "-1"], ["--seed", "-2"], ["--oversampling", "4"],
+                ["--reg-weight", "-1"], ["--first", "0"]):
+        assert bad[0] in _cli_error(base + bad + ["-o", str(out)], capsys), bad
+        assert not out.exists(), bad
+    # a job killed with batches of 10 cannot resume with batches of 20: its checkpoint is named and kept
+    assert main(base + ["-b", "10", "--checkpoint-every", "10", "--first", "40", "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["backproject.mrc", "fsc-vals.txt", "half_map_a.mrc", "half_map_b.mrc"]
+    ck = out / "backproject.ckpt.pt"
+    ck.write_bytes(b"not a checkpoint")
+    assert "backproject.ckpt.pt" in _cli_error(base + ["-b", "20", "--first", "40", "-o", str(out)], capsys)
+    assert ck.read_bytes() == b"not a checkpoint"

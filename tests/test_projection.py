@@ -7,6 +7,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+import roma
 import torch
 
 import cryonb.projection as P
@@ -156,7 +157,8 @@ def test_gmm_render_consistency_and_grad():
     assert corr(P.project_real(vol, R), img).min() > 0.999
     assert ((P.project_images(vol, R) - img).norm() / img.norm()) < 0.02
     c4 = coords[:4].clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda c: P.render_gmm_2d(c, amps[:4], sig[:4], R[:2], 10, apix, cutoff_sigma=None), (c4,))
+    assert torch.autograd.gradcheck(
+        lambda c: P.render_gmm_2d(c, amps[:4], sig[:4], R[:2], 10, apix, cutoff_sigma=None), (c4,))
     assert torch.autograd.gradcheck(lambda c: P.render_gmm_3d(c, amps[:4], sig[:4], 8, apix, cutoff_sigma=None), (c4,))
 
 
@@ -169,17 +171,64 @@ def test_image_formation_paths_agree():
     R = rand_rot(B, 9).float()
     shifts = torch.randn(B, 2) * 3
     ctf = CTFParams(*[torch.full((B,), v) for v in (12000.0, 11000.0, 10.0, 300.0, 2.7, 0.07)])
-    a = P.ImageFormation(D, apix, volume=vol)(R, shifts, ctf)
-    b = P.ImageFormation(D, apix, coords=coords, amplitudes=amps, sigma=2.5)(R, shifts, ctf)
+    a = P.ImageFormation(D, apix, vol)(R, shifts, ctf)
+    b = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, 2.5))(R, shifts, ctf)
     assert ((a - b).norm() / b.norm()) < 0.02
-    # a map path with shift == manual chain
+    # the closed-form chain equals CTF and phase ramp applied to the FFT of the real-space render
     ref = ifft2c(ctf_2d(ctf, D, apix) * fft2c(P.render_gmm_2d(coords, amps, 2.5, R, D, apix, shifts_A=shifts))).real
-    torch.testing.assert_close(b, ref)
+    torch.testing.assert_close(b, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
     # VolumeFT input and parameter input give the same images as the plain map
-    c = P.ImageFormation(D, apix, volume=P.prepare_volume(vol))(R, shifts, ctf)
-    d = P.ImageFormation(D, apix, volume=torch.nn.Parameter(vol.clone()))(R, shifts, ctf)
+    c = P.ImageFormation(D, apix, P.prepare_volume(vol))(R, shifts, ctf)
+    d = P.ImageFormation(D, apix, P.MapPotential(torch.nn.Parameter(vol.clone())))(R, shifts, ctf)
     torch.testing.assert_close(a, c)
     torch.testing.assert_close(a, d.detach())
+
+
+def _adk_ca():
+    from cryonb.structure import from_pdb, center_coords
+    cg = from_pdb(_path("adk_closed_1ake.pdb"), model=0)
+    c, _ = center_coords(cg.coords[0].double(), cg.amplitudes.double())
+    return c, cg.amplitudes.double(), cg.sigma
+
+
+def test_per_image_models_match_brute_force_on_adk():
+    """Per-image AdK Cα models (214 beads, cryoSTAR's amplitudes and σ = 2 Å): render_gmm_2d, its
+    closed-form FT and ImageFormation equal a direct numpy evaluation of cryoSTAR's unnormalised
+    separable sum Σ a·exp(−|r − (A s)_xy|²/2σ²) (rescaled by apix²/2πσ²) on every pixel."""
+    coords, amps, sigma = _adk_ca()
+    N, D, apix, B = coords.shape[0], 48, 2.0, 3
+    assert N == 214
+    g = torch.Generator().manual_seed(0)
+    per = coords + torch.randn(B, N, 3, generator=g, dtype=torch.float64) * 1.5
+    R = rand_rot(B, 4)
+    x = (np.arange(D) - D // 2) * apix
+    c = np.einsum("bij,bnj->bni", R.numpy(), per.numpy())
+    d2 = (x[None, None, None, :] - c[:, :, None, None, 0]) ** 2 + (x[None, None, :, None] - c[:, :, None, None, 1]) ** 2
+    brute = np.einsum("n,bnyx->byx", amps.numpy(), np.exp(-d2 / (2 * sigma ** 2)))
+    brute = brute * apix ** 2 / (2 * np.pi * sigma ** 2)
+    img = P.render_gmm_2d(per, amps, sigma, R, D, apix, cutoff_sigma=None)
+    np.testing.assert_allclose(img.numpy(), brute, rtol=0, atol=1e-12 * brute.max())
+    f = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, sigma, method="real", cutoff_sigma=None))
+    np.testing.assert_allclose(f(R, coords=per).numpy(), brute, rtol=0, atol=1e-12 * brute.max())
+    # closed form: σ = 1 px here, so aliasing is exp(−π²/2) ≈ 7e-3 of a bead at Nyquist; away from it, exact
+    ft = P.render_gmm_2d_ft(per, amps, sigma, R, D, apix)
+    fb = fft2c(torch.from_numpy(brute))
+    k = (torch.arange(D) - D // 2).double()
+    low = (k[:, None] ** 2 + k[None, :] ** 2).sqrt() < D / 4
+    torch.testing.assert_close(ft[:, low], fb[:, low], rtol=0, atol=1e-6 * fb.abs().max().item())
+
+
+def test_image_formation_gradcheck_per_image_coords():
+    coords = torch.tensor([[3.0, 0, 1], [-2, 2.5, 0], [0, -3.5, -1.5]], dtype=torch.float64)
+    amps = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    B, D, apix = 2, 10, 2.0
+    per = (coords + 0.3 * torch.randn(B, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    ctf = CTFParams(*[torch.full((B,), v, dtype=torch.float64) for v in (12000.0, 11000.0, 10.0, 300.0, 2.7, 0.07)])
+    sh = torch.tensor([[0.5, -1.0], [1.5, 0.2]], dtype=torch.float64)
+    R = rand_rot(B, 1)
+    for method in ("fourier", "real"):
+        f = P.ImageFormation(D, apix, P.GaussianPotential(coords, amps, 2.5, method, cutoff_sigma=None), lowpass_A=5.0)
+        assert torch.autograd.gradcheck(lambda c: f(R, sh, ctf, coords=c), (per.clone().requires_grad_(),))
 
 
 # ---------------------------------------------------------------- bad input
@@ -201,13 +250,34 @@ def test_bad_input():
         P.backproject(torch.zeros(3, 8, 7, dtype=torch.complex64), torch.eye(3).expand(3, 3, 3), 8)
     with pytest.raises(InputError, match="sigma"):
         P.render_gmm_2d(torch.zeros(2, 3), torch.ones(2), -1.0, torch.eye(3)[None], 8, 1.0)
-    f = P.ImageFormation(8, 1.0, volume=v)
+    f = P.ImageFormation(8, 1.0, v)
     with pytest.raises(InputError, match="shifts_A"):
         f(torch.eye(3).expand(3, 3, 3), torch.zeros(2, 2))
-    with pytest.raises(InputError, match="volume"):
-        P.ImageFormation(8, 1.0, volume=torch.rand(6, 6, 6))
+    with pytest.raises(InputError, match="box"):
+        P.ImageFormation(8, 1.0, torch.rand(6, 6, 6))
     with pytest.raises(InputError, match="coords"):
         f(torch.eye(3)[None], coords=torch.zeros(1, 3))
+    with pytest.raises(InputError, match="potential"):
+        P.ImageFormation(8, 1.0, "map.mrc")
+    for kw, name in (({"f_std": 0.0}, "f_std"), ({"lowpass_A": 0.0}, "lowpass_A"), ({"ctf_sign": 2}, "ctf_sign"),
+                     ({"lowpass_soft_px": -1.0}, "lowpass_soft_px")):
+        with pytest.raises(InputError, match=name):
+            P.ImageFormation(8, 1.0, v, **kw)
+    gp = P.GaussianPotential(torch.zeros(4, 3), torch.ones(4), 2.0)
+    fg = P.ImageFormation(8, 1.0, gp)
+    R3 = torch.eye(3).expand(3, 3, 3)
+    with pytest.raises(InputError, match="coords"):
+        fg(R3, coords=torch.zeros(3, 5, 3))                     # wrong number of beads
+    with pytest.raises(InputError, match="per-image"):
+        fg(R3, coords=torch.zeros(2, 4, 3))                     # 2 models for 3 poses
+    with pytest.raises(InputError, match="ctf"):
+        fg(R3, ctf=torch.ones(3, 6, 6))
+    with pytest.raises(InputError, match="coords"):
+        P.GaussianPotential(torch.zeros(2, 4, 3), torch.ones(4), 2.0)
+    with pytest.raises(InputError, match="method"):
+        P.GaussianPotential(torch.zeros(4, 3), torch.ones(4), 2.0, method="fft")
+    with pytest.raises(InputError, match="images"):
+        P.estimate_f_std(torch.zeros(3, 8, 8))
 
 
 # ---------------------------------------------------------------- fast paths equal the plain operators
@@ -276,19 +346,18 @@ def test_gradients_wrt_map_match_finite_differences():
     for D in (6, 5):
         v = torch.randn(D, D, D, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda v: P.project_images(v, R), (v,))
-    f = P.ImageFormation(6, 1.0, volume=torch.nn.Parameter(torch.randn(6, 6, 6, dtype=torch.float64)))
     sh = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
     v = torch.randn(6, 6, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: f(R, sh, volume=v), (v,))
+    assert torch.autograd.gradcheck(lambda v: P.ImageFormation(6, 1.0, P.MapPotential(v))(R, sh), (v,))
 
 
 def test_gradients_wrt_pose():
     "Poses can be refined by gradient: through the trilinear weights (map) and analytically (GMM)."
-    import roma
     R = rand_rot(1, 21)
     vf = P.prepare_volume(torch.randn(8, 8, 8, dtype=torch.float64))
     w = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda w: P.project(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,), eps=1e-7, atol=1e-4)
+    assert torch.autograd.gradcheck(lambda w: P.project(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,),
+                                    eps=1e-7, atol=1e-4)
     c = torch.tensor([[3.0, -2.0, 1.0], [-1.0, 2.5, 0.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(
         lambda w: P.render_gmm_2d(c, torch.ones(2, dtype=torch.float64), 1.5, roma.rotvec_to_rotmat(w) @ R, 12, 1.0,

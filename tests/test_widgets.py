@@ -157,3 +157,17 @@ def test_particle_gallery_real_ctf():
     gal.page_slider.value = 1                               # paging keeps the mode
     np.testing.assert_allclose(np.asarray(gal.fig.fig.data[2].z), ctf_2d(ds[[6]]["ctf"], ds.D, ds.apix)[0].numpy(), atol=1e-6)
     assert gal.fig.fig.layout.annotations[3].text == ""
+
+
+def test_structure_viewer_file_uses_the_ca_rule(tmp_path):
+    """A file is read through `cryonb.structure`: a calcium ion named CA (element Ca) is not a Cα, and the
+    trace from the file equals the coarse-grained model's coordinates."""
+    from cryonb.structure import from_pdb, atoms_to_structure
+    xyz = np.array([[0, 0, 0], [3.8, 0, 0], [7.6, 0, 0], [20.0, 20, 20]])
+    st = atoms_to_structure(xyz, ["CA", "CA", "CA", "CA"], ["GLY", "ALA", "GLY", "CA"], [1, 2, 3, 4], ["C", "C", "C", "Ca"])
+    st.write_pdb(str(tmp_path / "ion.pdb"))
+    sv = W.StructureViewer(tmp_path / "ion.pdb", use_figurewidget=False)
+    assert sv.coords.shape == (1, 3, 3)
+    np.testing.assert_allclose(sv.coords[0], xyz[:3], atol=1e-3)
+    sv2 = W.StructureViewer(data_path("adk_closed_1ake.pdb"), use_figurewidget=False)
+    np.testing.assert_allclose(sv2.coords[0], from_pdb(data_path("adk_closed_1ake.pdb")).coords[0].numpy(), atol=1e-6)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-from ..core import InputError
+from ..core import InputError, atomic_write
 from ..analysis import as_latents, analyze_latents, density_path, resample_path
 from ..cryobench import evaluate, write_results, find_volumes, _load_array
 from .common import Command, add_device, add_subcommands, run_subcommand, positive_int, nonneg_int
@@ -56,8 +56,10 @@ def _path_figure(res, Z, a, out: Path):
     pts = resample_path(pth.points, a.path_points)
     pdir = out / "path"
     pdir.mkdir(exist_ok=True)
-    np.savetxt(pdir / "ind.txt", pth.ind, fmt="%d")
-    np.savetxt(pdir / "z_values.txt", pts)
+    with atomic_write(pdir / "ind.txt") as tmp:
+        np.savetxt(tmp, pth.ind, fmt="%d")
+    with atomic_write(pdir / "z_values.txt") as tmp:
+        np.savetxt(tmp, pts)
     emb, labels = res.embedding("pca")
     f = latent_scatter(emb, None, labels=labels, title=f"density path {a.path[0]} → {a.path[1]}", marker_size=2)
     f.data[0].marker.color = "lightgrey"

@@ -38,15 +38,23 @@ def _ov_arg(s: str):
     if s not in ("1", "2", "3"): raise argparse.ArgumentTypeError(f"expected auto, 1, 2 or 3, got {s!r}")
     return int(s)
 
+def _add_checkpoint_every(p):
+    "`--checkpoint-every N`: save the accumulated Fourier sums every N images (a killed job resumes from there)."
+    p.add_argument("--checkpoint-every", type=positive_int, default=10_000,
+                   help="save the Fourier sums every N images (default 10000); rerunning after a kill resumes")
+
 def _out_paths(out: str) -> dict:
-    "Output names: cryoDRGN's inside a folder, or `<stem>_*` beside a map path ending in `.mrc`."
+    """Output names: cryoDRGN's inside a folder, or `<stem>_*` beside a map path ending in `.mrc`; `checkpoint`
+    holds the Fourier sums while the job runs (resumed from after a kill, deleted at the end)."""
     p = Path(out)
     if p.suffix.lower() == ".mrc":
         st = p.with_suffix("")
         return dict(map=p, half1=Path(f"{st}_half_map_a.mrc"), half2=Path(f"{st}_half_map_b.mrc"),
-                    fsc=Path(f"{st}_fsc.txt"), plot=Path(f"{st}_fsc.html"), report=Path(f"{st}.report.html"))
+                    fsc=Path(f"{st}_fsc.txt"), plot=Path(f"{st}_fsc.html"), report=Path(f"{st}.report.html"),
+                    checkpoint=Path(f"{st}.ckpt.pt"))
     return dict(map=p / "backproject.mrc", half1=p / "half_map_a.mrc", half2=p / "half_map_b.mrc",
-                fsc=p / "fsc-vals.txt", plot=p / "fsc-plot.html", report=p / "report.html")
+                fsc=p / "fsc-vals.txt", plot=p / "fsc-plot.html", report=p / "report.html",
+                checkpoint=p / "backproject.ckpt.pt")
 
 def write_cli_report(path, title: str, params: dict, figures: list, values: dict | None = None, volume=None,
                      apix: float | None = None) -> Path:
@@ -113,16 +121,19 @@ def _backproject_args(p):
     add_batch_size(p, 256)
     add_device(p)
     p.add_argument("--no-plot", action="store_true", help="write no FSC plot and no HTML report")
+    _add_checkpoint_every(p)
 
 def _backproject_main(a) -> int:
     from cryonb.data import ParticleDataset
     if a.invert and a.uninvert_data: raise InputError("--invert and --uninvert-data contradict each other")
     ds = ParticleDataset(a.particles, poses=a.poses, ctf=a.ctf, ind=a.ind, datadir=a.datadir, apix=a.apix)
     if a.first: ds = ds.subset(np.arange(min(a.first, len(ds))))
+    paths = _out_paths(a.out)
     res = reconstruct_dataset(ds, batch_size=a.batch_size, device=a.device, halfsets=a.halfsets, seed=a.seed,
                               ctf=a.ctf is not None, oversampling=a.oversampling, regularization=a.reg,
-                              invert=a.invert)
-    written = _write_reconstruction(res, _out_paths(a.out), a, plot=not a.no_plot)
+                              invert=a.invert, progress=True, checkpoint=paths["checkpoint"],
+                              checkpoint_every=a.checkpoint_every)
+    written = _write_reconstruction(res, paths, a, plot=not a.no_plot)
     _summary(res, written)
     return 0
 
@@ -146,6 +157,7 @@ def _reconstruct_args(p):
     add_batch_size(p, 256)
     add_device(p)
     p.add_argument("--no-plot", action="store_true", help="write no HTML report")
+    _add_checkpoint_every(p)
 
 def _reconstruct_main(a) -> int:
     from cryonb.data import ParticleDataset
@@ -158,10 +170,10 @@ def _reconstruct_main(a) -> int:
         if len(keep) < 2: raise InputError(f"{a.inp}: only {len(keep)} particles in subset {a.subset}")
         ds = ds.subset(keep)
         halfsets = "random"
+    paths = _out_paths(a.out if a.out.lower().endswith(".mrc") else a.out + ".mrc")
     res = reconstruct_dataset(ds, batch_size=a.batch_size, device=a.device, halfsets=halfsets, seed=a.seed,
                               ctf=a.ctf, oversampling=a.oversampling, regularization=a.reg, invert=a.invert,
-                              progress=True)
-    paths = _out_paths(a.out if a.out.lower().endswith(".mrc") else a.out + ".mrc")
+                              progress=True, checkpoint=paths["checkpoint"], checkpoint_every=a.checkpoint_every)
     written = _write_reconstruction(res, paths, a, plot=not a.no_plot)
     _summary(res, written)
     return 0

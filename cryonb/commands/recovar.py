@@ -4,11 +4,12 @@
 
 # %% ../../nbs/commands/recovar.ipynb #3ceaa987
 from __future__ import annotations
-import argparse, logging
+import argparse, json, logging, shutil
 from pathlib import Path
 import numpy as np
 from ..core import InputError, get_device, get_logger
 from ..methods.recovar import (recovar_pipeline, save_result, source_from_args, reconstruct_at, analyze as _analyze,
+                                    pipeline_fingerprint,
                                     load_result, load_latents, _read_points, _write_volumes, _trajectory)
 from .common import (Command, add_subcommands, run_subcommand, add_device, positive_int, nonneg_int,
                                     positive_float, nonneg_float)
@@ -102,13 +103,19 @@ def _covariance_kmax(s: str):
     if not v >= 0: raise InputError(f"--covariance-kmax: expected auto or a number of pixels >= 0, got {s!r}")
     return v or None
 
+# what does not change the result: where it is written, how images are read, the device
+_NOT_IN_FINGERPRINT = ("outdir", "device", "lazy", "low_memory_option", "accept_cpu", "_command", "subverb")
+
 def _pipeline_main(a) -> int:
+    """Run the pipeline; each stage is checkpointed under `OUTDIR/model/checkpoints` and a rerun after a
+    kill resumes at the first stage without a matching checkpoint; a complete run with the same
+    parameters and data is not redone."""
     if a.uninvert_data == "true":
         raise InputError("--uninvert-data true: cryonb does not flip the data's sign; give RELION-convention particles")
     kmax = _covariance_kmax(a.covariance_kmax)
     opt, mask_file = _mask_choice(a)
     out = Path(a.outdir)
-    args = vars(a).copy()
+    args = {k: v for k, v in vars(a).items() if k not in ("_command", "subverb")}
     args["zdim"] = ",".join(map(str, a.zdim))
     args["mask"] = mask_file
     for k in ("particles", "poses", "ctf", "ind", "datadir", "halfsets", "mask"):
@@ -129,12 +136,23 @@ def _pipeline_main(a) -> int:
             if args.get(flag): log(f"note: --{flag.replace('_', '-')} is accepted for RECOVAR scripts and has no effect in cryonb")
         log(f"{src.n} particles, D={src.D}, {src.apix:.4g} Å/px, half-sets {int((src.halfset == 0).sum())}/"
             f"{int((src.halfset == 1).sum())}, device {dev}")
+        same = {k: v for k, v in args.items() if k not in _NOT_IN_FINGERPRINT}
+        key = pipeline_fingerprint(src, same, input_mask)
+        pj = out / "model" / "params.json"
+        if pj.exists() and json.loads(pj.read_text()).get("fingerprint") == key:
+            log(f"{out}: already complete with these parameters and data; nothing to do")
+            return 0
+        ckpt = out / "model" / "checkpoints"
+        for f in out.rglob(".*.tmp*"):                      # temporary files of a killed run (atomic_write's names)
+            if f.is_file(): f.unlink()
         res = recovar_pipeline(src, zdims=a.zdim, mask_option=opt, input_mask=input_mask, mask_dilate_iter=a.mask_dilate_iter,
                                correct_contrast=a.correct_contrast, n_columns=a.n_columns, column_radius=a.column_radius,
                                n_pcs=a.n_pcs, block_size=a.block_size, batch_size=a.batch_size, seed=a.seed, log=log,
-                               covariance_kmax=kmax, adaptive_n_pcs=not a.no_adaptive_n_pcs)
+                               covariance_kmax=kmax, adaptive_n_pcs=not a.no_adaptive_n_pcs, checkpoint_dir=ckpt,
+                               fingerprint_extra=same)
         ind = ds.meta.indices if (a.ind or a.n_images) and hasattr(ds.meta, "indices") else None
-        save_result(res, out, args, particles_ind=ind)
+        save_result(res, out, args, particles_ind=ind, fingerprint=key)
+        shutil.rmtree(ckpt, ignore_errors=True)             # the run is complete: params.json now marks it
         log(f"done in {res.info['timings_s']['total']:.1f}s; outputs in {out}")
     finally:
         close()
@@ -146,11 +164,12 @@ pipeline = Command(_pipeline_args, _pipeline_main, "RECOVAR: mean, masks, noise,
 # %% ../../nbs/commands/recovar.ipynb #26a58e79
 def _compute_state_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
-    p.add_argument("-o", "--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder for vol0000.mrc ... and latent_points.txt")
     p.add_argument("--latent-points", required=True, help="text/.npy file, one latent point per row")
     p.add_argument("--zdim", type=positive_int, help="default: number of columns of the points")
     p.add_argument("--Bfactor", type=nonneg_float, default=0.0, help="sharpening B-factor (Å²)")
-    p.add_argument("--n-bins", type=positive_int, default=6)
+    p.add_argument("--n-bins", type=positive_int, default=6,
+                   help="candidate kernel bandwidths (default 6, as RECOVAR); one more candidate is every image")
     p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding (RECOVAR's flag)")
     p.add_argument("--external-z", help="reweight by an external embedding z.npy (N,K) instead of RECOVAR's")
     add_device(p)
@@ -172,12 +191,13 @@ compute_state = Command(_compute_state_args, _compute_state_main, "Volumes at la
 
 def _compute_trajectory_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
-    p.add_argument("-o", "--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder for vol0000.mrc ... and path.txt")
     p.add_argument("--endpts", required=True, help="text file with two latent points (rows)")
-    p.add_argument("--zdim", type=positive_int)
-    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6)
-    p.add_argument("--Bfactor", type=nonneg_float, default=0.0)
-    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding")
+    p.add_argument("--zdim", type=positive_int, help="embedding to use (default: number of columns of --endpts)")
+    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6,
+                   help="volumes along the path (RECOVAR's --n-vols-along-path; default 6)")
+    p.add_argument("--Bfactor", type=nonneg_float, default=0.0, help="sharpening B-factor of the volumes (Å²)")
+    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding (RECOVAR's flag)")
     p.add_argument("--linear", action="store_true", help="straight line instead of the density path")
     add_device(p)
 
@@ -204,16 +224,18 @@ compute_trajectory = Command(_compute_trajectory_args, _compute_trajectory_main,
 
 def _analyze_args(p):
     p.add_argument("outdir", help="a `recovar pipeline` output folder")
-    p.add_argument("--zdim", type=positive_int, required=True)
-    p.add_argument("--n-clusters", type=positive_int, default=20)
-    p.add_argument("--n-trajectories", type=nonneg_int, default=0)
-    p.add_argument("--skip-umap", action="store_true")
-    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6)
+    p.add_argument("--zdim", type=positive_int, required=True, help="which embedding (model/zdim_K) to analyse")
+    p.add_argument("--n-clusters", type=positive_int, default=20, help="k-means clusters (default 20, as RECOVAR)")
+    p.add_argument("--n-trajectories", type=nonneg_int, default=0,
+                   help="trajectories between far-apart centres through high-density regions (default 0)")
+    p.add_argument("--skip-umap", action="store_true", help="no UMAP of the latents (RECOVAR's flag)")
+    p.add_argument("--n-vols", "--n-vols-along-path", dest="n_vols", type=positive_int, default=6,
+                   help="volumes per trajectory (RECOVAR's --n-vols-along-path; default 6)")
     p.add_argument("--no-volumes", "--skip-centers", dest="no_volumes", action="store_true",
                    help="no kernel-regression volumes at the k-means centres (RECOVAR's --skip-centers)")
     p.add_argument("--Bfactor", type=nonneg_float, default=0.0, help="sharpening B-factor of the volumes (Å²)")
-    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding")
-    p.add_argument("-o", "--out")
+    p.add_argument("--no-z-regularization", action="store_true", help="use the unregularized embedding (RECOVAR's flag)")
+    p.add_argument("-o", "--out", help="output folder (default OUTDIR/output/analysis_ZDIM, as RECOVAR)")
     add_device(p)
 
 def _analyze_main(a) -> int:

@@ -9,10 +9,10 @@ import numpy as np
 from ..core import InputError
 from ..io import read_map, write_map
 from ..structure import read_atoms, write_pdb, AtomArrays
-from .common import Command
+from .common import Command, positive_int, positive_float
 
 # %% auto #0
-__all__ = ['center_origin', 'center_origin_files']
+__all__ = ['center_origin', 'center_origin_files', 'center_origin_box']
 
 # %% ../../nbs/commands/structure.ipynb #a6b1ed95
 def center_origin_files(pdb, mrc, outdir=".") -> tuple[Path, Path, np.ndarray]:
@@ -31,14 +31,33 @@ def center_origin_files(pdb, mrc, outdir=".") -> tuple[Path, Path, np.ndarray]:
     m_out = write_map(out / f"{Path(mrc).stem}_centered.mrc", vol, apix)          # default origin: centre at 0 Å
     return p_out, m_out, -centre
 
+def center_origin_box(pdb, D: int, apix: float, outdir=".") -> tuple[Path, np.ndarray]:
+    """Without a map: shift the model `pdb` by `−(D//2)·apix` Å on every axis (a model docked in a box of `D`
+    voxels of `apix` Å whose voxel 0 is at 0 Å, upstream's assumption) and write `outdir/<stem>_centered.pdb`.
+    Returns the path and the shift `(3,)` Å. Raises `InputError` for `D < 1` or `apix <= 0`."""
+    if int(D) < 1 or not float(apix) > 0: raise InputError(f"box size D must be >= 1 and apix > 0 (got D={D}, apix={apix})")
+    centre = np.full(3, (int(D) // 2) * float(apix))
+    atoms = read_atoms(pdb, include_hydrogens=True, include_water=True)
+    moved = AtomArrays(atoms.coords - centre.astype(np.float32), atoms.names, atoms.resnames, atoms.resids,
+                       atoms.chains, atoms.elements, atoms.bfactors)
+    return write_pdb(Path(outdir) / f"{Path(pdb).stem}_centered.pdb", moved.coords, moved), -centre
+
 def _center_origin_args(p):
     p.add_argument("--pdb", "--pdb_file_path", dest="pdb", required=True, help="atomic model docked in the map (.pdb/.cif)")
-    p.add_argument("--mrc", "--mrc_file_path", dest="mrc", required=True, help="the map (.mrc) the model is docked in")
+    p.add_argument("--mrc", "--mrc_file_path", dest="mrc", help="the map (.mrc) the model is docked in")
+    p.add_argument("-D", "--box", dest="D", type=positive_int, help="without --mrc: box size (voxels) of the map the model is docked in")
+    p.add_argument("--apix", type=positive_float, help="without --mrc: voxel size (Å) of that map")
     p.add_argument("-o", "--outdir", default=".", help="output folder (default: the current folder, as upstream)")
 
 def _center_origin_main(a) -> int:
-    p, m, shift = center_origin_files(a.pdb, a.mrc, a.outdir)
-    print(f"shifted the model by {np.round(shift, 3).tolist()} Å; wrote {p} and {m}")
+    if a.mrc is not None:
+        if a.D is not None or a.apix is not None: raise InputError("give either --mrc, or -D and --apix, not both")
+        p, m, shift = center_origin_files(a.pdb, a.mrc, a.outdir)
+        print(f"shifted the model by {np.round(shift, 3).tolist()} Å; wrote {p} and {m}")
+        return 0
+    if a.D is None or a.apix is None: raise InputError("the box is unknown: give --mrc MAP, or both -D (box size) and --apix (Å)")
+    p, shift = center_origin_box(a.pdb, a.D, a.apix, a.outdir)
+    print(f"shifted the model by {np.round(shift, 3).tolist()} Å; wrote {p}")
     return 0
 
 center_origin = Command(_center_origin_args, _center_origin_main, "Shift an atomic model so that the box centre of its "

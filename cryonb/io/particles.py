@@ -22,7 +22,7 @@ from .pkl import *
 __all__ = ['star_fields', 'cs_fields', 'ParticleMetadata', 'read_txt_list', 'ParticleSource', 'read_particle_source',
            'apply_overrides', 'load_particles', 'read_images', 'info_lines']
 
-# %% ../../nbs/03f_io_particles.ipynb #b144731b
+# %% ../../nbs/03f_io_particles.ipynb #aa05fb96
 _CTF_FIELDS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast",
                "phase_shift", "bfactor", "scale")
 _CTF_REQUIRED = _CTF_FIELDS[:6]
@@ -50,6 +50,7 @@ def _single(values, what, path):
         return None
     return int(u[0])
 
+# %% ../../nbs/03f_io_particles.ipynb #ee0234c2
 def star_fields(particles: pd.DataFrame, optics: pd.DataFrame | None, path="STAR file", apix: float | None = None) -> dict:
     """Per-particle quantities from a RELION table (3.0 or 3.1+ with optics, joined without reordering).
 
@@ -109,6 +110,7 @@ def star_fields(particles: pd.DataFrame, optics: pd.DataFrame | None, path="STAR
     else: miss.append("rlnRandomSubset")
     return dict(rot=rot, shift_px=shift_px, shift_A=shift_A, apix=ap, D=D, ctf=ctf, halfset=hs, missing=miss)
 
+# %% ../../nbs/03f_io_particles.ipynb #812d985d
 def cs_fields(cs: np.ndarray, path="cs file", apix: float | None = None, abinit: bool = False,
               hetrefine: bool = False) -> dict:
     """Per-particle quantities from a cryoSPARC structured array (same keys as `star_fields`).
@@ -337,7 +339,7 @@ def read_txt_list(path) -> list:
         out.append(str(hit))
     return out
 
-# %% ../../nbs/03f_io_particles.ipynb #778f89dc
+# %% ../../nbs/03f_io_particles.ipynb #34b17957
 @dataclass
 class ParticleSource:
     """What one particle file says before any override: the stacks (`image_files`, per-particle
@@ -390,6 +392,7 @@ def _located(src: ParticleSource, datadir, require_images: bool) -> ParticleSour
     src.image_files, src.file_index, src.D_img, src.apix_img, src.images_found = files, fidx, D_img, apix_img, found
     return src
 
+# %% ../../nbs/03f_io_particles.ipynb #ae2b6c0b
 def _star_source(path: Path, apix, datadir, require_images: bool) -> ParticleSource:
     "A RELION STAR file (3.0–5): per-particle fields joined from the optics table, stacks from `rlnImageName`."
     table, optics = read_star(path)
@@ -435,8 +438,7 @@ def read_particle_source(path, datadir=None, apix: float | None = None, abinit: 
     if ext == ".cs": return _cs_source(path, apix, datadir, require_images, abinit, hetrefine)
     raise CryoFormatError(f"{path}: unsupported particle file extension {ext!r}; expected .mrcs, .mrc, .star, .cs or .txt")
 
-
-# %% ../../nbs/03f_io_particles.ipynb #88ec333a
+# %% ../../nbs/03f_io_particles.ipynb #147cb1da
 def _selection(ind, n_all: int, src: str):
     "The 0-based particle selection `ind` (array or `.pkl`/`.npy` path), checked against `n_all`."
     if ind is None: return None
@@ -464,6 +466,7 @@ def _pose_arrays(poses):
     if isinstance(poses, (tuple, list)): return as_numpy(poses[0]), None if poses[1] is None else as_numpy(poses[1])
     return as_numpy(poses), None
 
+# %% ../../nbs/03f_io_particles.ipynb #26ccf1e1
 def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: float | None = None, D: int | None = None,
                     ctf_overrides: dict | None = None) -> ParticleMetadata:
     """The overrides step of `load_particles`: combine a `ParticleSource` with what the caller gives — a pose
@@ -519,6 +522,7 @@ def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: fl
         images_found=ps.images_found, D_file=D_file, stack_names=ps.names)
     return meta if sel is None else meta.subset(sel)
 
+# %% ../../nbs/03f_io_particles.ipynb #55ac8d9a
 def load_particles(path, poses=None, ctf=None, ind=None, datadir=None, apix: float | None = None, D: int | None = None,
                    abinit: bool = False, hetrefine: bool = False, require_images: bool = True,
                    ctf_overrides: dict | None = None) -> ParticleMetadata:

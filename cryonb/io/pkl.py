@@ -82,7 +82,7 @@ def write_pkl(path, obj):
         with open(tmp, "wb") as f: pickle.dump(obj, f, protocol=4)
     return Path(path)
 
-# %% ../../nbs/03e_io_pkl.ipynb #765512b8
+# %% ../../nbs/03e_io_pkl.ipynb #a153f8cc
 def _check_rot(rot, path):
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise CryoFormatError(f"{path}: pose rotations have shape {rot.shape}; expected (N, 3, 3)")
@@ -136,6 +136,7 @@ def read_ctf_pkl(path) -> np.ndarray:
         raise CryoFormatError(f"{path}: non-finite CTF values in rows {bad[:10].tolist()}")
     return a
 
+# %% ../../nbs/03e_io_pkl.ipynb #8cbf921f
 def write_ctf_pkl(path, ctf):
     "Write a cryoDRGN CTF `.pkl` from a `(N, 9)` array. Raises `CryoFormatError` on NaN/Inf (never writes NaN)."
     a = as_numpy(ctf).astype(np.float32)

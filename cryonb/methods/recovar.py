@@ -9,19 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
-from ..core import get_device, InputError, get_logger
+from ..core import get_device, InputError, get_logger, atomic_write, timed
+from tqdm.auto import tqdm
 from ..fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, shell_average, fsc as _fsc_maps
 from ..core import atomic_write
 from ..io import write_map
 from ..reconstruction import otsu_threshold, soften, sphere_mask
 from ..data import random_halfsets
 
+_log = get_logger(__name__)
+
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'prepare_batch', 'source_from_synthetic', 'white_noise_level',
            'estimate_mean', 'make_masks', 'estimate_noise', 'estimate_variance', 'pick_columns', 'covariance_sketch',
            'projected_statistics', 'projected_covariance', 'embed', 'RecovarResult', 'principal_angles',
-           'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result', 'load_result', 'load_latents',
-           'source_from_args', 'reconstruct_at', 'analyze']
+           'pipeline_fingerprint', 'recovar_pipeline', 'monotone_bandwidths', 'kernel_regression', 'save_result',
+           'load_result', 'load_latents', 'source_from_args', 'reconstruct_at', 'analyze']
 
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
@@ -572,11 +575,59 @@ def principal_angles(U1, U2) -> np.ndarray:
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
     return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
 
+
+# %% ../../nbs/11_recovar.ipynb #0e2c9229
+def pipeline_fingerprint(source, params: dict, input_mask=None) -> str:
+    """SHA-256 (hex) of what the pipeline's stages depend on: `params` (JSON-able), the source's size, box,
+    pixel size and half-set split, the first batch of images, poses and CTFs, and the input mask."""
+    import hashlib
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(f"{source.n} {source.D} {float(source.apix):.6g}".encode())
+    h.update(np.ascontiguousarray(torch.as_tensor(source.halfset).cpu().numpy()).tobytes())
+    b = next(iter(source.batches(64)))
+    for k in ("y", "rot", "ctf"):
+        t = b[k].detach().cpu()
+        t = torch.view_as_real(t) if t.is_complex() else t
+        h.update(t.contiguous().numpy().tobytes())
+    if input_mask is not None: h.update(np.ascontiguousarray(np.asarray(input_mask, np.float32)).tobytes())
+    return h.hexdigest()
+
+def _stage(folder, name: str, key: str, compute, device, log):
+    "Run `compute()` or load its result from `folder/NAME.pt` when that file holds the same fingerprint `key`."
+    if folder is None: return compute()
+    f = Path(folder) / f"{name}.pt"
+    if f.exists():
+        try: d = torch.load(f, map_location=device, weights_only=False)
+        except Exception: d = None                                           # a file we cannot read is recomputed
+        if isinstance(d, dict) and d.get("fingerprint") == key:
+            log(f"stage {name}: resumed from {f.name}")
+            return d["value"]
+    value = compute()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(f) as tmp: torch.save(dict(fingerprint=key, value=value), tmp)
+    return value
+
+
+# %% ../../nbs/11_recovar.ipynb #9a1e27b6
+def _column_limits(covariance_kmax, first_below: int, D: int, column_radius):
+    """`(kmax, radius)` in px for the covariance columns: `kmax` 3 px beyond `first_below` (the first shell where
+    the half-mean FSC < 0.143) for `"auto"`, the number given, or None (all frequencies); the column radius
+    (default `max(3, D/4)`) kept 3 px inside `kmax`."""
+    kmax = None
+    if covariance_kmax == "auto": kmax = float(min(D // 2, first_below + 3))
+    elif covariance_kmax: kmax = float(min(covariance_kmax, D // 2))
+    if kmax is not None and kmax >= D // 2: kmax = None
+    rad = max(3.0, D / 4) if column_radius is None else column_radius
+    if kmax is not None: rad = max(2.0, min(rad, kmax - 3))
+    return kmax, rad
+
+# %% ../../nbs/11_recovar.ipynb #1d825777
 def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
                      mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
                      column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
-                     oversampling: int = 2, batch_size: int = 256, seed: int = 0, log=print,
-                     covariance_kmax="auto", adaptive_n_pcs: bool = True) -> RecovarResult:
+                     oversampling: int = 2, batch_size: int = 256, seed: int = 0, log=None,
+                     covariance_kmax="auto", adaptive_n_pcs: bool = True, checkpoint_dir=None,
+                     fingerprint_extra: dict | None = None) -> RecovarResult:
     """Run RECOVAR's pipeline (mean → masks → noise → variance → columns → sketch → projected covariance →
     embeddings) on a source (`ArraySource` / `DatasetSource`). `zdims`: latent dimensions to embed;
     `n_pcs`: size of the basis of the projected covariance (RECOVAR: 200, adaptive); `n_columns`, `column_radius`:
@@ -586,59 +637,85 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
     covariance), `None`: all (RECOVAR). `adaptive_n_pcs`: cap the basis at `√(N/4)` (at least the largest zdim):
     the moment equations have n(n+1)/2 unknowns, and with few images extra directions only add noise
     eigenvalues (RECOVAR has a similar `--adaptive-n-pcs`).
+    `checkpoint_dir`: folder where each stage (first mean, masks + noise, mean, variance + columns, sketch,
+    projected covariance) is written atomically with a fingerprint of the parameters and the data; a rerun
+    after a kill loads the stages whose fingerprint matches and computes the rest (`fingerprint_extra`: more
+    JSON-able facts the fingerprint depends on, e.g. the CLI's arguments).
+    `log(*msg)`: where progress messages go (default: this module's `get_logger`).
     Raises `InputError` if a zdim exceeds the number of PCs. Source: Gilles & Singer, PNAS 2025."""
-    log = log or (lambda *a: None)
-    t_all = time.time(); c_all = time.process_time(); tm = {}; tc = {}
-    D = source.D; zdims = sorted(int(z) for z in zdims)
+    log = log or (lambda *m: _log.info(" ".join(map(str, m))))
+    tm = {}
+    D = source.D
+    zdims = sorted(int(z) for z in zdims)
     if adaptive_n_pcs: n_pcs = min(n_pcs, max(4, int(math.sqrt(source.n / 4))))
     n_pcs = max(n_pcs, zdims[-1])
-    t = time.time(); c = time.process_time(); s2 = white_noise_level(source, batch_size=batch_size)
-    prof = torch.full((D,), s2, device=source.device)
-    m0 = estimate_mean(source, prof, oversampling, batch_size=batch_size); tm["mean0"] = time.time() - t; tc["mean0"] = time.process_time() - c
-    t = time.time(); c = time.process_time()
     if mask_option == "input" and input_mask is None: raise InputError("--mask-option input needs --mask")
-    tight, dil = make_masks(mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D)
-    noise = estimate_noise(source, m0["mean_ft"], dil, oversampling, batch_size=batch_size); tm["masks_noise"] = time.time() - t; tc["masks_noise"] = time.process_time() - c
-    t = time.time(); c = time.process_time(); mean = estimate_mean(source, noise, oversampling, batch_size=batch_size); tm["mean"] = time.time() - t; tc["mean"] = time.process_time() - c
-    log(f"mean: FSC(0.143) at shell {int((mean['fsc'] < 0.143).nonzero()[0]) if bool((mean['fsc'] < 0.143).any()) else D // 2}/{D // 2}, noise/σ² = {float(noise[D // 4] / s2):.3f}")
-    t = time.time(); c = time.process_time(); v, Fc = estimate_variance(source, mean["mean_ft"], noise, oversampling, batch_size)
-    kmax = None
-    if covariance_kmax == "auto":
+    key = pipeline_fingerprint(source, dict(zdims=zdims, mask_option=mask_option, mask_dilate_iter=mask_dilate_iter,
+                                            correct_contrast=correct_contrast, n_columns=n_columns, column_radius=column_radius,
+                                            n_pcs=n_pcs, block_size=block_size, oversampling=oversampling, seed=seed,
+                                            covariance_kmax=covariance_kmax, extra=fingerprint_extra), input_mask)
+
+    def stage(name, fn):
+        with timed(f"recovar {name}", _log) as t:
+            value = _stage(checkpoint_dir, name, key, fn, source.device, log)
+        tm[name] = t.seconds
+        return value
+
+    def _first_mean():
+        s2 = white_noise_level(source, batch_size=batch_size)
+        prof = torch.full((D,), s2, device=source.device)
+        return s2, estimate_mean(source, prof, oversampling, batch_size=batch_size)
+
+    def _masks_noise():
+        tight, dil = make_masks(mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D)
+        return tight, dil, estimate_noise(source, m0["mean_ft"], dil, oversampling, batch_size=batch_size)
+
+    def _projected():
+        stats = projected_statistics(source, mean["mean_ft"], basis, noise, oversampling, max(16, batch_size // 2))
+        return (stats, *projected_covariance(stats["G"], stats["a"]))
+
+    with timed("recovar pipeline", _log) as t_all:
+        s2, m0 = stage("mean0", _first_mean)
+        tight, dil, noise = stage("masks_noise", _masks_noise)
+        mean = stage("mean", lambda: estimate_mean(source, noise, oversampling, batch_size=batch_size))
         below = torch.nonzero(mean["fsc"][1:] < 0.143)
-        kmax = float(min(D // 2, (int(below[0]) + 1 if len(below) else D // 2) + 3))
-    elif covariance_kmax: kmax = float(min(covariance_kmax, D // 2))
-    if kmax is not None and kmax >= D // 2: kmax = None
-    rad = max(3.0, D / 4) if column_radius is None else column_radius
-    if kmax is not None: rad = max(2.0, min(rad, kmax - 3))
-    cols = pick_columns(Fc * v, n_columns, rad); tm["variance"] = time.time() - t; tc["variance"] = time.process_time() - c
-    log(f"variance done; {len(cols)} covariance columns, |k'| ≤ {float(cols.float().norm(dim=1).max()):.1f} px")
-    n_sketch = min(max(n_pcs + 10, 2 * zdims[-1]), 2 * len(cols))
-    t = time.time(); c = time.process_time()
-    if kmax is not None: log(f"covariance columns estimated for |k| < {kmax:.0f} px (images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)")
-    sk = covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size, oversampling, batch_size, seed=seed, log=log,
-                           kmax=kmax)
-    tm["columns_sketch"] = time.time() - t; tc["columns_sketch"] = time.process_time() - c
-    n_pcs = min(n_pcs, len(sk["basis"]))
-    if zdims[-1] > n_pcs: raise InputError(f"zdim {zdims[-1]} exceeds the number of principal components available ({n_pcs})")
-    basis = sk["basis"][:n_pcs]
-    t = time.time(); c = time.process_time(); stats = projected_statistics(source, mean["mean_ft"], basis, noise, oversampling, max(16, batch_size // 2))
-    S, cginfo = projected_covariance(stats["G"], stats["a"]); tm["projected_covariance"] = time.time() - t; tc["projected_covariance"] = time.process_time() - c
-    ev, V = torch.linalg.eigh(S); order = torch.argsort(ev, descending=True); ev, V = ev[order], V[:, order]
-    s = ev.clamp(min=0).float(); V = V.float()
-    u = torch.einsum("jk,jxyz->kxyz", V, basis)
-    log(f"projected covariance: CG {cginfo['iterations']} it (rel. residual {cginfo['rel_residual']:.1e}); eigenvalues {s[:5].cpu().numpy()}")
-    t = time.time(); c = time.process_time()
-    embs = {z: embed(stats, V, s, z, correct_contrast) for z in zdims}; tm["embedding"] = time.time() - t; tc["embedding"] = time.process_time() - c
-    tm["total"] = time.time() - t_all; tc["total"] = time.process_time() - c_all
-    info = dict(covariance_kmax=kmax, timings_s=tm, cpu_s=tc, cg=cginfo, hit_fraction=sk["hit_fraction"], white_noise=s2, n_columns=len(cols),
-                n_pcs=n_pcs, correct_contrast=correct_contrast, oversampling=oversampling, zdims=zdims, seed=seed)
+        first = int(below[0]) + 1 if len(below) else D // 2
+        log(f"mean: FSC(0.143) at shell {first}/{D // 2}, noise/σ² = {float(noise[D // 4] / s2):.3f}")
+        v, Fc = stage("variance", lambda: estimate_variance(source, mean["mean_ft"], noise, oversampling, batch_size))
+        kmax, rad = _column_limits(covariance_kmax, first, D, column_radius)
+        cols = pick_columns(Fc * v, n_columns, rad)
+        log(f"variance done; {len(cols)} covariance columns, |k'| ≤ {float(cols.float().norm(dim=1).max()):.1f} px")
+        n_sketch = min(max(n_pcs + 10, 2 * zdims[-1]), 2 * len(cols))
+        if kmax is not None:
+            log(f"covariance columns estimated for |k| < {kmax:.0f} px "
+                f"(images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)")
+        sk = stage("sketch", lambda: covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size,
+                                                       oversampling, batch_size, seed=seed, log=log, kmax=kmax))
+        n_pcs = min(n_pcs, len(sk["basis"]))
+        if zdims[-1] > n_pcs:
+            raise InputError(f"zdim {zdims[-1]} exceeds the number of principal components available ({n_pcs})")
+        basis = sk["basis"][:n_pcs]
+        stats, S, cginfo = stage("projected_covariance", _projected)
+        ev, V = torch.linalg.eigh(S)
+        order = torch.argsort(ev, descending=True)
+        s = ev[order].clamp(min=0).float()
+        V = V[:, order].float()
+        u = torch.einsum("jk,jxyz->kxyz", V, basis)
+        log(f"projected covariance: CG {cginfo['iterations']} it (rel. residual {cginfo['rel_residual']:.1e}); "
+            f"eigenvalues {s[:5].cpu().numpy()}")
+        with timed("recovar embedding", _log) as t:
+            embs = {z: embed(stats, V, s, z, correct_contrast) for z in zdims}
+        tm["embedding"] = t.seconds
+    tm["total"] = t_all.seconds
+    info = dict(covariance_kmax=kmax, timings_s=tm, cg=cginfo, hit_fraction=sk["hit_fraction"], white_noise=s2,
+                n_columns=len(cols), n_pcs=n_pcs, correct_contrast=correct_contrast, oversampling=oversampling,
+                zdims=zdims, seed=seed)
     return RecovarResult(D=D, apix=source.apix, mean=mean["mean"], halves=mean["halves"], halves_unfil=mean["halves_unfil"],
-                         mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols, column_fsc=sk["col_fsc"],
-                         u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset, info=info)
+                         mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols,
+                         column_fsc=sk["col_fsc"], u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset,
+                         info=info)
 
 # %% ../../nbs/11_recovar.ipynb #889c9d45
-_log = get_logger(__name__)
-
 def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
     """Bandwidth candidate per shell `(S,)`: the choice that is non-decreasing with frequency (wider kernels
     where the noise is larger) and minimises the total criterion `Σ_s counts_s · err[choice_s, s]` over the
@@ -661,12 +738,22 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
         j = int(back[j, s])
     choice[n:] = choice[n - 1]
     return choice.to(err.device)
+
+# %% ../../nbs/11_recovar.ipynb #d9e25082
 def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
-                      oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256):
+                      oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256,
+                      bandwidth_rule: str = "monotone", mean_tol: float = 0.05):
     """Volumes `(T,D,D,D)` at latent points `targets (T,K)` from the particles of `source`, their latents
     `z (N,K)` and precisions `precision (N,K,K)` (same order as the source). `noise_profile (D,)`; `tau`:
     optional per-shell prior (the mean's); `n_bins` candidate bandwidths; `Bfactor` Å² sharpening.
-    Returns `(volumes, info)` with the chosen bandwidth index per shell. Source: RECOVAR `compute_state`
+    `bandwidth_rule`: `"monotone"` (`monotone_bandwidths`) or `"greedy"` (the first version's running maximum of
+    the per-shell argmin, kept only to show the difference below). Logs the bandwidth per shell for every
+    point and warns when a state equals the consensus mean.
+    Returns `(volumes, info)`: per point the chosen bandwidth index per shell, `equals_mean` (every shell chose
+    all images), `diff_from_mean`, the relative Fourier-norm distance (before Bfactor) to the all-image estimate,
+    and `near_mean` (`diff_from_mean < mean_tol`; a warning is logged). Calibration of `mean_tol = 0.05`: maps at
+    the AdK tiny demo's state latents lie 0.21–0.48 from the consensus, maps reweighted by a random latent
+    0.011–0.019. Source: RECOVAR `compute_state`
     (Gilles & Singer 2025, §Kernel regression), simplified as described above."""
     D, dev, os_ = source.D, source.device, oversampling; M = os_ * D
     z = torch.as_tensor(z, dtype=torch.float64, device=dev); P = torch.as_tensor(precision, dtype=torch.float64, device=dev)
@@ -676,7 +763,7 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
     lam = _profile_to_image(noise_profile, D, dev); km = _kmask(D, dev)
     sh = _shells3(M, os_, dev); nsh = int(sh.max()) + 1
     vols, infos = [], []
-    for zt in targets:
+    for zt in tqdm(targets, desc="kernel regression", unit="map", leave=False, disable=len(targets) < 2):
         dz = zt[None] - z
         d = torch.einsum("ni,nij,nj->n", dz, P, dz)
         lo = torch.kthvalue(d, min(n_min, len(d))).values.clamp(min=1e-12); hi = torch.quantile(d, 0.95).clamp(min=lo * 1.01)
@@ -713,28 +800,52 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
             # noise-weighted: |a - b|² · Kc_b (Kc_b ∝ 1/var(b)); E = weighted MSE of a + const, since b is unbiased and independent
             e = ((est[0, j] - ref[1]).abs() ** 2 * Kc[1, 0] * ok[1] + (est[1, j] - ref[0]).abs() ** 2 * Kc[0, 0] * ok[0])
             err[j] = shell_average(e.double(), sh, nsh)
-        choice = monotone_bandwidths(err, torch.bincount(sh.flatten(), minlength=nsh), D // 2)
+        if bandwidth_rule == "greedy":
+            raw = err.argmin(0)
+            raw[0] = raw[1]
+            choice = torch.cummax(raw, 0).values
+        elif bandwidth_rule == "monotone":
+            choice = monotone_bandwidths(err, torch.bincount(sh.flatten(), minlength=nsh), D // 2)
+        else:
+            raise InputError(f"bandwidth_rule: expected 'monotone' or 'greedy', got {bandwidth_rule!r}")
         cj = choice[sh]
         Yall = torch.gather((Ky[0] + Ky[1]), 0, cj[None]).squeeze(0); Call = torch.gather((Kc[0] + Kc[1]), 0, cj[None]).squeeze(0)
         grid = Yall / (Call + inv).clamp(min=1e-6 * float(Call.mean()))
+        Cm = Kc[0, -1] + Kc[1, -1]
+        mean_grid = (Ky[0, -1] + Ky[1, -1]) / (Cm + inv).clamp(min=1e-6 * float(Cm.mean()))
+        inside = sh < D // 2
+        diff = float((grid - mean_grid)[inside].abs().norm() / mean_grid[inside].abs().norm().clamp(min=1e-30))
         if Bfactor:
             s2 = (_radius3(M, os_, dev) / (D * source.apix)) ** 2
             grid = grid * torch.exp(Bfactor * s2 / 4)
         vols.append(grid_to_volume(grid, D) * _soft_sphere(D, dev))
         info = dict(bandwidth_choice=choice.cpu().numpy(), criterion=err.cpu().numpy(), edges=edges.cpu().numpy(),
-                    n_within=int((d <= edges[-1]).sum()), equals_mean=bool((choice[1:D // 2] == n_bins).all()))
+                    n_within=int((d <= edges[-1]).sum()), equals_mean=bool((choice[1:D // 2] == n_bins).all()),
+                    diff_from_mean=diff, near_mean=diff < mean_tol)
         infos.append(info)
         _log.info(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: bandwidth per shell "
                   f"{info['bandwidth_choice'][:D // 2].tolist()} (candidates 0..{n_bins - 1} = h² {np.round(info['edges'], 4).tolist()}, "
-                  f"{n_bins} = every image)")
+                  f"{n_bins} = every image); ‖map − consensus‖/‖consensus‖ = {diff:.4f}")
+        if info["near_mean"] and not info["equals_mean"]:
+            _log.warning(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: the map is within "
+                         f"{diff:.1%} of the consensus mean: the latent does not separate states near this point")
         if info["equals_mean"]:
             _log.warning(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: every shell chose all images, "
                          "so this state equals the consensus mean (too few particles near this point?)")
     return torch.stack(vols), infos
 
 # %% ../../nbs/11_recovar.ipynb #704468c2
-def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_ind=None, n_save_pcs: int | None = None):
-    "Write a `RecovarResult` in RECOVAR's layout under `outdir` (see above). Returns the output folder `Path`."
+def _save_npy(path, arr=None, **arrays):
+    "`np.save` (one array) or `np.savez` (keywords), written atomically."
+    with atomic_write(path) as tmp:
+        if arrays: np.savez(tmp, **arrays)
+        else: np.save(tmp, arr)
+
+def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_ind=None, n_save_pcs: int | None = None,
+                fingerprint: str | None = None):
+    """Write a `RecovarResult` in RECOVAR's layout under `outdir` (see above), every file atomically;
+    `model/params.json` (with `fingerprint`, the run's `pipeline_fingerprint`) is written last and marks a
+    complete run. Returns the output folder `Path`."""
     out = Path(outdir); (out / "model").mkdir(parents=True, exist_ok=True); vd = out / "output" / "volumes"; vd.mkdir(parents=True, exist_ok=True)
     apix = res.apix
     write_map(vd / "mean.mrc", res.mean, apix)
@@ -749,20 +860,20 @@ def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_
         if K <= len(res.u): write_map(vd / f"variance{K}.mrc", torch.einsum("k,kxyz->xyz", res.s[:K], res.u[:K] ** 2), apix)
     for K, e in res.embeddings.items():
         zd = out / "model" / f"zdim_{K}"; zd.mkdir(exist_ok=True)
-        np.save(zd / "latent_coords.npy", e["z"].cpu().numpy()); np.save(zd / "latent_precision.npy", e["precision"].cpu().numpy())
-        np.save(zd / "latent_coords_noreg.npy", e["z_noreg"].cpu().numpy()); np.save(zd / "latent_precision_noreg.npy", e["precision_noreg"].cpu().numpy())
-        np.save(zd / "contrasts.npy", e["contrast"].cpu().numpy()); np.save(zd / "contrasts_noreg.npy", e["contrast"].cpu().numpy())
+        _save_npy(zd / "latent_coords.npy", e["z"].cpu().numpy()); _save_npy(zd / "latent_precision.npy", e["precision"].cpu().numpy())
+        _save_npy(zd / "latent_coords_noreg.npy", e["z_noreg"].cpu().numpy()); _save_npy(zd / "latent_precision_noreg.npy", e["precision_noreg"].cpu().numpy())
+        _save_npy(zd / "contrasts.npy", e["contrast"].cpu().numpy()); _save_npy(zd / "contrasts_noreg.npy", e["contrast"].cpu().numpy())
     h = res.halfset.cpu().numpy()
-    np.savez(out / "model" / "halfsets.npz", halfset=h, half1=np.nonzero(h == 0)[0], half2=np.nonzero(h == 1)[0])
-    if particles_ind is not None: np.save(out / "model" / "particles_ind.npy", np.asarray(particles_ind))
-    np.savez(out / "model" / "params.npz", eigenvalues=res.s.cpu().numpy(), noise_variance=res.noise.cpu().numpy(),
+    _save_npy(out / "model" / "halfsets.npz", halfset=h, half1=np.nonzero(h == 0)[0], half2=np.nonzero(h == 1)[0])
+    if particles_ind is not None: _save_npy(out / "model" / "particles_ind.npy", np.asarray(particles_ind))
+    _save_npy(out / "model" / "params.npz", eigenvalues=res.s.cpu().numpy(), noise_variance=res.noise.cpu().numpy(),
              mean_fsc=res.mean_fsc.cpu().numpy(), mean_tau=res.mean_tau.cpu().numpy(), columns=res.columns.cpu().numpy(),
              column_fsc=res.column_fsc.cpu().numpy())
+    _pipeline_report(res, out)
     params = dict(D=res.D, apix=res.apix, n_particles=int(len(res.halfset)), zdims=sorted(res.embeddings), n_pcs=len(res.u),
-                  eigenvalues=res.s.cpu().tolist(), info=res.info, args=args or {})
+                  eigenvalues=res.s.cpu().tolist(), info=res.info, args=args or {}, fingerprint=fingerprint)
     with atomic_write(out / "model" / "params.json") as tmp:
         tmp.write_text(json.dumps(params, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    _pipeline_report(res, out)
     return out
 
 def _pipeline_report(res, out):
@@ -899,19 +1010,31 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     z, P, c = load_latents(outdir, zdim, noreg=noreg)
     od = Path(out) if out else Path(outdir) / "output" / f"analysis_{zdim}"; od.mkdir(parents=True, exist_ok=True)
     k = min(n_clusters, len(z))
+    n_steps = 3 + (not skip_umap) + bool(volumes) + n_trajectories
+    bar = tqdm(total=n_steps, desc="recovar analyze", unit="step")
+    step = lambda name: bar.set_postfix_str(name, refresh=True)
+    step("k-means")
     km = kmeans(z, k)
+    bar.update()
     np.savetxt(od / "centers.txt", km.centers); np.save(od / "centers_ind.npy", km.center_ind); np.save(od / "labels.npy", km.labels)
+    step("density")
     dens = kde_density(z[:, :min(4, zdim)]); np.save(od / "density.npy", dens)
+    bar.update()
     res = dict(kmeans=km, density=dens, outdir=od)
-    if not skip_umap and len(z) > 5:
-        u = umap_embedding(z); np.save(od / "umap_embedding.npy", u); res["umap"] = u
+    if not skip_umap:
+        step("UMAP")
+        if len(z) > 5:
+            u = umap_embedding(z); np.save(od / "umap_embedding.npy", u); res["umap"] = u
+        bar.update()
     src = None
     if volumes or n_trajectories:
         src, r = _source_for(outdir, device)
     if volumes:
+        step(f"volumes at {len(km.centers)} cluster centres")
         vols, _ = reconstruct_at(outdir, km.centers, zdim, Bfactor, source=src, noreg=noreg)
         (od / "centers").mkdir(exist_ok=True)
         for t, v in enumerate(vols): write_map(od / "centers" / f"vol{t:04d}.mrc", v, r["params"]["apix"])
+        bar.update()
     pairs = []
     if n_trajectories:
         pairs.append(farthest_pair(km.centers))
@@ -919,15 +1042,20 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
             if len(pairs) >= n_trajectories: break
             pairs.append((int(np.argmin(km.centers[:, d])), int(np.argmax(km.centers[:, d]))))
     for t, (i, j) in enumerate(pairs[:n_trajectories]):
+        step(f"trajectory {t + 1}/{min(len(pairs), n_trajectories)}")
         pts, path = _trajectory(z, dens, int(km.center_ind[i]), int(km.center_ind[j]), n_vols)
         td = od / f"trajectory_{t}"; td.mkdir(exist_ok=True); np.savetxt(td / "path.txt", pts)
         vols, _ = reconstruct_at(outdir, pts, zdim, Bfactor, source=src, noreg=noreg)
         for q, v in enumerate(vols): write_map(td / f"vol{q:04d}.mrc", v, r["params"]["apix"])
+        bar.update()
     res["trajectories"] = pairs[:n_trajectories]
+    step("report")
     rep = Report(f"RECOVAR analysis, zdim {zdim}", str(outdir))
     rep.add_figure(latent_scatter(z[:, :2], km.labels, "k-means", title="latent PCs 1-2"), "Latent coordinates (first two PCs) coloured by k-means cluster.")
     if "umap" in res: rep.add_figure(latent_scatter(res["umap"], km.labels, "k-means", labels=("UMAP1", "UMAP2")), "UMAP of the latent coordinates.")
     rep.write(od / "report.html")
+    bar.update()
+    bar.close()
     return res
 
 
@@ -948,7 +1076,9 @@ def _demo_run(ctx, params: dict) -> dict:
     ctx.stage("kernel-regression maps at the state latents")
     vols, infos = reconstruct_at(md, pts, zdim, source=src)
     return dict(z=z, volumes=[v.cpu().numpy() for v in vols], rule="direct", zdim=zdim,
-                states_equal_to_mean=int(sum(i["equals_mean"] for i in infos)))
+                states_equal_to_mean=int(sum(i["equals_mean"] for i in infos)),
+                states_near_mean=int(sum(i["near_mean"] for i in infos)),
+                diff_from_mean=[round(i["diff_from_mean"], 4) for i in infos])
 
 DEMO_METHODS = [dict(name="RECOVAR", run=_demo_run, kind="heterogeneity",
                      description="regularized covariance, principal volumes, embeddings, kernel-regression maps "

@@ -1,0 +1,123 @@
+"""CUDA checks and GPU figures for the forward model, reconstruction, CryoSieve and RECOVAR.
+
+Each check runs the same work on the CPU and on the GPU and compares the results (they must agree to
+the stated tolerance), then times the GPU path. Run on a machine with a GPU:
+
+    python benchmarks/gpu_check.py [--quick]
+
+Prints one line per check: PASS/FAIL, the CPU-GPU difference, and the GPU throughput.
+"""
+import argparse, math, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cryonb import projection as P
+from cryonb.geometry import random_rotations
+from cryonb.synthetic import test_data_path, blob_dataset, synthetic_dataset
+
+RESULTS = []
+
+def report(name, ok, detail):
+    RESULTS.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
+
+def sync(dev):
+    if dev.type == "cuda": torch.cuda.synchronize()
+
+def timeit(fn, dev, repeat=3):
+    fn(); sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(repeat): fn()
+    sync(dev)
+    return (time.perf_counter() - t0) / repeat
+
+def check_projection(dev, D=128, B=512):
+    g = torch.Generator().manual_seed(0)
+    vol = torch.randn(D, D, D, generator=g)
+    R = random_rotations(B, seed=1, device="cpu")
+    cpu = P.project(P.prepare_volume(vol), R[:32])
+    gpu = P.project(P.prepare_volume(vol.to(dev)), R[:32].to(dev)).cpu()
+    err = float((cpu - gpu).abs().max() / cpu.abs().max())
+    vft = P.prepare_volume(vol.to(dev)); Rd = R.to(dev)
+    t = timeit(lambda: P.project(vft, Rd), dev)
+    report(f"project D={D}", err < 1e-4, f"max rel. diff CPU-GPU {err:.1e}; {B / t:,.0f} slices/s on {dev}")
+    # adjointness on the GPU, float64
+    x = torch.randn(32, 32, 32, dtype=torch.float64, generator=g).to(dev)
+    y = torch.randn(16, 32, 32, dtype=torch.complex128, generator=g).to(dev)
+    R64 = random_rotations(16, seed=2, device=dev, dtype=torch.float64)
+    lhs = torch.vdot(P.project(P.prepare_volume(x), R64).flatten(), y.flatten()).real
+    rhs = torch.vdot(x.flatten().to(torch.complex128), P.backproject(y, R64, 32).flatten().to(torch.complex128)).real
+    rel = float(abs(lhs - rhs) / abs(lhs))
+    report("adjoint <Px,y> = <x,P*y> (float64, GPU)", rel < 1e-10, f"relative gap {rel:.1e}")
+    c = torch.randn(214, 3, generator=g) * 12
+    img_c = P.render_gmm_2d(c, torch.ones(214), 2.0, R[:64], D, 1.0)
+    img_g = P.render_gmm_2d(c.to(dev), torch.ones(214, device=dev), 2.0, R[:64].to(dev), D, 1.0).cpu()
+    e2 = float((img_c - img_g).abs().max() / img_c.abs().max())
+    cd, Rd2 = c.to(dev), R.to(dev)
+    t2 = timeit(lambda: P.render_gmm_2d(cd, torch.ones(214, device=dev), 2.0, Rd2, D, 1.0), dev)
+    report(f"render_gmm_2d N=214 D={D}", e2 < 1e-4, f"max rel. diff {e2:.1e}; {B / t2:,.0f} images/s")
+
+def check_reconstruction(dev):
+    from cryonb.data import ParticleDataset
+    from cryonb.reconstruction import reconstruct_dataset
+    ds = ParticleDataset(test_data_path("toy_projections.mrcs"), poses=test_data_path("toy_angles.pkl"))
+    a = reconstruct_dataset(ds, batch_size=500, device="cpu", halfsets="random")
+    t0 = time.perf_counter()
+    b = reconstruct_dataset(ds, batch_size=500, device=dev, halfsets="random")
+    t = time.perf_counter() - t0
+    va, vb = torch.as_tensor(a["map"]).double().flatten(), torch.as_tensor(b["map"]).double().cpu().flatten()
+    cc = float(torch.corrcoef(torch.stack([va, vb]))[0, 1])
+    report("reconstruct_dataset toy (1000 images, D=30)", cc > 0.9999, f"CPU-GPU map correlation {cc:.6f}; {len(ds) / t:,.0f} images/s")
+
+def check_cryosieve(dev, n=1000, D=128):
+    from cryonb.methods import cryosieve as cs
+    with tempfile.TemporaryDirectory() as td:
+        d = blob_dataset(Path(td), n=n, D=D, apix=1.32, junk_fraction=0.2, noise_sigma=3.0, seed=0, n_blobs=60)
+        parts = cs.SieveParticles(d["star"])
+        vol, mask = cs.load_map(d["map"])[0], cs.load_map(d["mask"])[0]
+        rows = np.arange(64)
+        s_cpu = cs.score_particles(parts, [vol, vol], 40.0, mask=mask, rows=rows, device="cpu")
+        s_gpu = cs.score_particles(parts, [vol, vol], 40.0, mask=mask, rows=rows, device=dev)
+        rel = float(np.abs(s_cpu - s_gpu).max() / np.abs(s_cpu).max())
+        t = timeit(lambda: cs.score_particles(parts, [vol, vol], 40.0, mask=mask, device=dev, batch_size=256), dev, repeat=1)
+        ts = timeit(lambda: cs.score_particles(parts, [vol, vol], 40.0, mask=mask, device=dev, batch_size=256,
+                                               precision="single"), dev, repeat=1)
+        report(f"CryoSieve scores D={D}", rel < 1e-8, f"max rel. diff {rel:.1e}; {n / t:,.0f} particles/s (double), "
+               f"{n / ts:,.0f} (single)")
+
+def check_recovar(dev, D=32, n=2000):
+    from cryonb.methods import recovar as rc
+    syn = synthetic_dataset(D=D, n=n, n_states=3, snr=1.0, ctf=True, seed=0)
+    out = {}
+    for d in ("cpu", dev):
+        src = rc.source_from_synthetic(syn, device=d)
+        t0 = time.perf_counter()
+        res = rc.recovar_pipeline(src, zdims=(2, 4), n_columns=100, n_pcs=10, block_size=20, log=None)
+        out[str(d)] = (res, time.perf_counter() - t0)
+    (rc_, tc), (rg, tg) = out["cpu"], out[str(dev)]
+    ang = rc.principal_angles(rg.u[:2].cpu(), rc_.u[:2].cpu())
+    report(f"RECOVAR pipeline D={D}, {n} images", float(np.max(ang)) < 5.0,
+           f"top-2 eigenvolume angles CPU vs GPU {np.round(ang, 2).tolist()} deg; CPU {tc:.1f} s, GPU {tg:.1f} s")
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (for a CPU dry run)")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        print(torch.cuda.get_device_name(0), "torch", torch.__version__, flush=True)
+    q = a.quick
+    for fn, kw in ((check_projection, dict(D=32 if q else 128, B=64 if q else 512)), (check_reconstruction, {}),
+                   (check_cryosieve, dict(n=100 if q else 1000, D=32 if q else 128)),
+                   (check_recovar, dict(D=16 if q else 32, n=300 if q else 2000))):
+        try:
+            fn(dev, **kw)
+        except Exception as e:
+            import traceback; traceback.print_exc()
+            report(fn.__name__, False, f"{type(e).__name__}: {e}")
+    if dev.type == "cuda": print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    print(f"{sum(RESULTS)} passed, {len(RESULTS) - sum(RESULTS)} failed")
+    sys.exit(0 if all(RESULTS) else 1)
