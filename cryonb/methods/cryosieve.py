@@ -4,21 +4,22 @@
 
 # %% ../../nbs/10_cryosieve.ipynb #18d72fe4
 from __future__ import annotations
-import json, math, os, shlex, subprocess, sys, time
-from dataclasses import dataclass
+import json, math, os, shlex, subprocess, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from ..core import get_device, InputError, atomic_write
-from ..fourier import fft2c, ifft2c, highpass_mask, phase_shift
+from ..core import get_device, InputError, atomic_write, get_logger, as_numpy, batches
+from ..fourier import fft2c, highpass_mask, phase_shift
 from .. import distributed
 from ..io import read_map, write_map
+
+_log = get_logger(__name__)
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'sieve_frequencies', 'hermitian_part', 'sieve_score_ft', 'select_per_halfset', 'write_star_subset',
            'SieveParticles', 'score_particles', 'load_map', 'sieved_path', 'sieve_core', 'reconstruct_halfmaps',
-           'sieve_report', 'sieve']
+           'sieve_report', 'balanced_rows', 'sieve']
 
 # %% ../../nbs/10_cryosieve.ipynb #6fd5cf9e
 def sieve_frequencies(frequency_start: float = 50.0, frequency_end: float = 3.0, num_iters: int = 10) -> list[float]:
@@ -169,7 +170,7 @@ class SieveParticles:
         return CTFParams(t(self.ctf["defocus_u"]), t(self.ctf["defocus_v"]), t(self.ctf["defocus_angle"]), t(self.ctf["voltage"]),
                          t(self.ctf["cs"]), t(self.ctf["amplitude_contrast"]), t(self.ctf["phase_shift"]))
 
-# %% ../../nbs/10_cryosieve.ipynb #2c759b1d
+# %% ../../nbs/10_cryosieve.ipynb #1cd8138f
 def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
     """RELION CTF `(B, D, D)` on the centred grid, each particle at its own pixel size `apix (B,)` Å, without
     B-factor and scale (as the reference). The formula of `cryonb.ctf.ctf_at` (tested equal), rearranged for
@@ -195,7 +196,7 @@ def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
     gamma = a1 * df * s2 + a2 * s2 * s2 - off
     return -torch.sin(gamma)
 
-# %% ../../nbs/10_cryosieve.ipynb #004178cd
+# %% ../../nbs/10_cryosieve.ipynb #1bedf416
 def score_particles(particles: SieveParticles, volumes, frequency: float, angpix: float | None = None, mask=None,
                     rows=None, batch_size: int = 128, device=None, precision: str = "double",
                     oversampling: int = 2, progress: bool = False) -> np.ndarray:
@@ -225,7 +226,7 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
     vfts, done = {}, {}
     for k, v0 in zip(subsets, vols):
         if id(v0) in done: vfts[int(k)] = done[id(v0)]; continue      # the same map for several half-sets: prepare once
-        v = torch.as_tensor(np.asarray(v0.detach().cpu() if isinstance(v0, torch.Tensor) else v0), dtype=torch.float64, device=dev)
+        v = torch.as_tensor(as_numpy(v0), dtype=torch.float64, device=dev)
         if tuple(v.shape) != (D, D, D): raise InputError(f"half-map for subset {k} has shape {tuple(v.shape)}, images are {D}×{D}")
         if m is not None:
             if m.shape != v.shape: raise InputError(f"mask has shape {tuple(m.shape)}, maps are {tuple(v.shape)}")
@@ -285,6 +286,7 @@ def sieved_path(output) -> Path:
     stem = o.name[:-5] if o.name.endswith(".star") else o.name
     return o.with_name(stem + "_sieved.star")
 
+# %% ../../nbs/10_cryosieve.ipynb #6143602d
 def sieve_core(star, output, volumes, frequency: float, angpix: float | None = None, mask=None,
                retention_ratio: float = 0.8, balance: bool = False, directory=None, device=None,
                batch_size: int = 128, precision: str = "double", progress: bool = False, verbose: bool = True) -> dict:
@@ -305,6 +307,10 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
     paths = dict.fromkeys(str(v) for v in [*volumes, mask] if isinstance(v, (str, os.PathLike)))
     loaded = {p: load_map(p) for p in paths}
     _check_map_apix(star, float(np.median(parts.apix)), {p: a for p, (_, a) in loaded.items()})
+    for p, (v, _) in loaded.items():
+        if v.shape != (parts.D,) * 3:
+            raise InputError(f"{p}: map of shape {v.shape}, but the images of {star} are {parts.D}×{parts.D}; "
+                             "maps and mask must have the particles' box")
     vols = [loaded[str(v)][0] if isinstance(v, (str, os.PathLike)) else v for v in volumes]
     m = loaded[str(mask)][0] if isinstance(mask, (str, os.PathLike)) else mask
     shard = distributed.shard_indices(len(parts))
@@ -323,9 +329,9 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
         write_star_subset(output, parts.blocks, parts.particle_block, keep)
         write_star_subset(sieved_path(output), parts.blocks, parts.particle_block, ~keep)
         if verbose:
-            for k, (n, kk) in per.items(): print(f"half-set {k}: {n} particles, {kk} kept")
-            print(f"cryonb sieve-core: {int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
-                  f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}")
+            for k, (n, kk) in per.items(): _log.info(f"half-set {k}: {n} particles, {kk} kept")
+            _log.info(f"{int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
+                     f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}")
     distributed.barrier()
     return dict(scores=scores, keep=keep, n_in=len(keep), n_kept=int(keep.sum()), per_halfset=per)
 
@@ -352,8 +358,8 @@ def reconstruct_halfmaps(parts: SieveParticles, device=None, batch_size: int = 1
     if len(subsets) != 2: raise InputError(f"{parts.path}: reconstruction needs two half-sets (rlnRandomSubset), found {subsets.tolist()}")
     D, apix = parts.D, float(np.median(parts.apix))
     rec = Reconstructor(D, apix, device=dev)
-    for i0 in range(0, len(parts), batch_size):
-        idx = np.arange(i0, min(i0 + batch_size, len(parts)))
+    for sl in batches(len(parts), batch_size):
+        idx = np.arange(sl.start, sl.stop)
         img = torch.as_tensor(parts.images(idx), device=dev)
         rot = torch.as_tensor(parts.rotations[idx], device=dev, dtype=torch.float32)
         sh = torch.as_tensor(parts.shifts_px[idx] * apix, device=dev, dtype=torch.float32)     # Å at the map's pixel size
@@ -365,12 +371,24 @@ def _run(cmd: list[str], cwd, log) -> subprocess.Popen:
     log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n"); log.flush()
     return subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
-# %% ../../nbs/10_cryosieve.ipynb #e12d7a03
+# %% ../../nbs/10_cryosieve.ipynb #567efe7b
 def _write_json(path, obj) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
     return Path(path)
 
+# %% ../../nbs/10_cryosieve.ipynb #2e118013
+def _remove_stale_temporaries(prefix: str) -> list[Path]:
+    """Delete the temporary files (`core.atomic_write`'s `.<name>.XXXX.tmp<ext>`) that a killed run of the
+    driver with output `prefix` left next to its outputs (a kill cannot clean up after itself). Returns them."""
+    folder = Path(prefix) if str(prefix).endswith(("/", os.sep)) else Path(prefix).parent
+    stem = "" if str(prefix).endswith(("/", os.sep)) else Path(prefix).name
+    stale = [f for pat in (f".{stem}*.tmp*", f"{stem}_postprocess_iter*/.*.tmp*") for f in folder.glob(pat) if f.is_file()]
+    for f in stale: f.unlink(missing_ok=True)
+    if stale: _log.info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
+    return stale
+
+# %% ../../nbs/10_cryosieve.ipynb #e5924922
 def sieve_report(state: dict, path) -> Path:
     """Write the driver's HTML report: retained particles and half-map FSC resolution per iteration,
     the FSC curves, and the parameters (`cryonb.report.Report`). Atomic."""
@@ -394,7 +412,44 @@ def sieve_report(state: dict, path) -> Path:
         tmp.write_text(rep.to_html(), encoding="utf-8")
     return Path(path)
 
-# %% ../../nbs/10_cryosieve.ipynb #c2e21365
+# %% ../../nbs/10_cryosieve.ipynb #a7ef5973
+def _relion_reconstruct(cmdline: str, star: Path, halves: list[Path], apix: float, sym: str, cwd, log_path) -> None:
+    """Run RELION's reconstruction `cmdline` once per half-set (`--subset 1`, `--subset 2`, in parallel) with the
+    reference's flags (`--ctf true`, `--angpix`, `--sym`) in `cwd`, output to `halves`; output appended to
+    `log_path`. Raises `RuntimeError` naming the exit codes and the log."""
+    with open(log_path, "a") as log:
+        procs = [_run(shlex.split(cmdline) + ["--i", str(Path(star).resolve()), "--o", str(Path(h).resolve()), "--angpix", str(apix),
+                                              "--sym", sym, "--ctf", "true", "--subset", str(k)], cwd, log)
+                 for k, h in zip((1, 2), halves)]
+        codes = [p.wait() for p in procs]
+    if any(codes): raise RuntimeError(f"{cmdline} failed (exit codes {codes}); see {log_path}")
+
+def _relion_postprocess(cmdline: str, halves: list[Path], mask, folder: Path, apix: float, cwd) -> None:
+    """Run RELION's post-processing `cmdline` on the half-maps with the reference's flags (`--auto_bfac
+    --autob_lowres 10`, `--mask` when given) into `folder/postprocess*`; output in `folder/postprocess.log`.
+    Raises `RuntimeError` naming the exit code and the log."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "postprocess.log", "a") as log:
+        cmd = shlex.split(cmdline) + (["--mask", str(Path(mask).resolve())] if mask is not None else [])
+        cmd += ["--i", str(Path(halves[0]).resolve()), "--i2", str(Path(halves[1]).resolve()),
+                "--o", str((folder / "postprocess").resolve()), "--angpix", str(apix), "--auto_bfac", "--autob_lowres", "10"]
+        code = _run(cmd, cwd, log).wait()
+    if code: raise RuntimeError(f"{cmdline} failed (exit code {code}); see {folder / 'postprocess.log'}")
+
+# %% ../../nbs/10_cryosieve.ipynb #640d240d
+def balanced_rows(halfset, seed: int = 0) -> np.ndarray:
+    """Keep-mask `(N,)` that subsamples every half-set (distinct values of `halfset (N,)`) to the size of the
+    smallest, uniformly without replacement with numpy `default_rng(seed)` (half-sets in ascending order);
+    the driver's `--balance` before iteration 0 (CryoSieve 1.2.x)."""
+    hs = np.asarray(halfset)
+    rng = np.random.default_rng(seed)
+    n_min = min(int((hs == k).sum()) for k in np.unique(hs))
+    keep = np.zeros(len(hs), bool)
+    for k in np.unique(hs):
+        keep[np.sort(rng.choice(np.flatnonzero(hs == k), n_min, replace=False))] = True
+    return keep
+
+# %% ../../nbs/10_cryosieve.ipynb #a2acd9d1
 def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
           frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
           seed: int = 0, reconstruct_software: str | None = None, postprocess_software: str | None = None,
@@ -425,56 +480,40 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     state_path = _prefixed(out, "_state.json")
     report_path = Path(out + "report.html") if out.endswith(("/", os.sep)) else _prefixed(out, "_report.html")
     parts0 = SieveParticles(star, angpix=angpix, directory=directory)
+    _remove_stale_temporaries(out)
+    m = load_map(mask)[0] if mask is not None else None          # checked before anything is written
+    if m is not None and m.shape != (parts0.D,) * 3:
+        raise InputError(f"{mask}: mask of shape {m.shape}, but the images of {star} are {parts0.D}×{parts0.D}")
     base = _base_directory(parts0, directory)
     apix = float(angpix) if angpix is not None else float(np.median(parts0.apix))
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
         if diff: raise InputError(f"{state_path}: an earlier run used other arguments {diff}; use another --o or delete it")
-        if verbose: print(f"cryonb sieve: resuming after iteration {len(state['iterations']) - 1} ({state_path})")
+        if verbose: _log.info(f"resuming after iteration {len(state['iterations']) - 1} ({state_path})")
     else:
         state = dict(params=params, frequencies=freqs, apix=apix, iterations=[])
         it0 = _prefixed(out, "_iter0.star")
-        keep = np.ones(len(parts0), bool)
-        if balance:
-            rng = np.random.default_rng(seed)
-            hs = parts0.halfset
-            n_min = min(int((hs == k).sum()) for k in np.unique(hs))
-            keep[:] = False
-            for k in np.unique(hs):
-                idx = np.flatnonzero(hs == k)
-                keep[np.sort(rng.choice(idx, n_min, replace=False))] = True
+        keep = balanced_rows(parts0.halfset, seed) if balance else np.ones(len(parts0), bool)
         write_star_subset(it0, parts0.blocks, parts0.particle_block, keep)
         write_star_subset(_prefixed(out, "_iter0_sieved.star"), parts0.blocks, parts0.particle_block, ~keep)
         _write_json(state_path, state)
-    m = load_map(mask)[0] if mask is not None else None
     for i in range(len(state["iterations"]), num_iters):
         t0 = time.time()
         cur = _prefixed(out, f"_iter{i}.star")
         parts = SieveParticles(cur, angpix=angpix, directory=base)
         halves = [_prefixed(out, f"_iter{i}_half{k}.mrc") for k in (1, 2)]
         if reconstruct_software:
-            with open(_prefixed(out, f"_iter{i}_reconstruct.log"), "a") as log:
-                procs = [_run(shlex.split(reconstruct_software) + ["--i", str(cur.resolve()), "--o", str(h.resolve()), "--angpix", str(apix),
-                                                                   "--sym", sym, "--ctf", "true", "--subset", str(k)], base, log)
-                         for k, h in zip((1, 2), halves)]
-                codes = [p.wait() for p in procs]
-            if any(codes): raise RuntimeError(f"{reconstruct_software} failed (exit codes {codes}); see {log.name}")
+            _relion_reconstruct(reconstruct_software, cur, halves, apix, sym, base, _prefixed(out, f"_iter{i}_reconstruct.log"))
             maps = [load_map(h)[0] for h in halves]
         else:
             rec = reconstruct_halfmaps(parts, device=device, batch_size=batch_size)
             maps = [rec["half1"], rec["half2"]]
             for h, v in zip(halves, maps): write_map(h, v, apix)
-            maps = [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in maps]
+            maps = [as_numpy(v).astype(np.float64) for v in maps]
         pp = _prefixed(out, f"_postprocess_iter{i}")
         if postprocess_software:
-            pp.mkdir(parents=True, exist_ok=True)
-            with open(pp / "postprocess.log", "a") as log:
-                cmd = shlex.split(postprocess_software) + (["--mask", str(Path(mask).resolve())] if mask is not None else [])
-                cmd += ["--i", str(halves[0].resolve()), "--i2", str(halves[1].resolve()), "--o", str((pp / "postprocess").resolve()),
-                        "--angpix", str(apix), "--auto_bfac", "--autob_lowres", "10"]
-                code = _run(cmd, base, log).wait()
-            if code: raise RuntimeError(f"{postprocess_software} failed (exit code {code}); see {pp / 'postprocess.log'}")
+            _relion_postprocess(postprocess_software, halves, mask, pp, apix, base)
         if postprocess and not postprocess_software:
             from cryonb.reconstruction import postprocess as _pp, write_postprocess
             res_pp = _pp(torch.as_tensor(maps[0]), torch.as_tensor(maps[1]), apix, mask=None if m is None else torch.as_tensor(m))
@@ -501,7 +540,7 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
         state["iterations"].append(record)
         _write_json(state_path, state)
         sieve_report(state, report_path)
-        if verbose: print(f"iteration {i}: {len(parts)} particles, half-map FSC {res:.2f} Å, sieved at {freqs[i]} Å -> {n_kept} kept ({record['seconds']} s)")
+        if verbose: _log.info(f"iteration {i}: {len(parts)} particles, half-map FSC {res:.2f} Å, sieved at {freqs[i]} Å -> {n_kept} kept ({record['seconds']} s)")
     if not state["iterations"] or not report_path.is_file(): sieve_report(state, report_path)
     state["report"] = str(report_path)
     return state
