@@ -37,17 +37,17 @@ def check_projection(dev, D=128, B=512):
     g = torch.Generator().manual_seed(0)
     vol = torch.randn(D, D, D, generator=g)
     R = random_rotations(B, seed=1, device="cpu")
-    cpu = P.project(P.prepare_volume(vol), R[:32])
-    gpu = P.project(P.prepare_volume(vol.to(dev)), R[:32].to(dev)).cpu()
+    cpu = P.project_ft(P.prepare_volume(vol), R[:32])
+    gpu = P.project_ft(P.prepare_volume(vol.to(dev)), R[:32].to(dev)).cpu()
     err = float((cpu - gpu).abs().max() / cpu.abs().max())
     vft = P.prepare_volume(vol.to(dev)); Rd = R.to(dev)
-    t = timeit(lambda: P.project(vft, Rd), dev)
+    t = timeit(lambda: P.project_ft(vft, Rd), dev)
     report(f"project D={D}", err < 1e-4, f"max rel. diff CPU-GPU {err:.1e}; {B / t:,.0f} slices/s on {dev}")
     # adjointness on the GPU, float64
     x = torch.randn(32, 32, 32, dtype=torch.float64, generator=g).to(dev)
     y = torch.randn(16, 32, 32, dtype=torch.complex128, generator=g).to(dev)
     R64 = random_rotations(16, seed=2, device=dev, dtype=torch.float64)
-    lhs = torch.vdot(P.project(P.prepare_volume(x), R64).flatten(), y.flatten()).real
+    lhs = torch.vdot(P.project_ft(P.prepare_volume(x), R64).flatten(), y.flatten()).real
     rhs = torch.vdot(x.flatten().to(torch.complex128), P.backproject(y, R64, 32).flatten().to(torch.complex128)).real
     rel = float(abs(lhs - rhs) / abs(lhs))
     report("adjoint <Px,y> = <x,P*y> (float64, GPU)", rel < 1e-10, f"relative gap {rel:.1e}")

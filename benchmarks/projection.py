@@ -6,10 +6,10 @@
 
 Measured per box size D (float32, batches of --batch images, best of --repeats):
   prepare      prepare_volume (gridding correction, padding x2, 3-D FFT): once per map
-  project      project_images(VolumeFT, poses): Fourier slice (Hermitian half-plane) + 2-D iFFT
-  slice        project(VolumeFT, poses): the Fourier slices only (what cryoDRGN's slicing does)
+  project      project_map(VolumeFT, poses): Fourier slice (Hermitian half-plane) + 2-D iFFT
+  slice        project_ft(VolumeFT, poses): the Fourier slices only (what cryoDRGN's slicing does)
   gmm          render_gmm_2d of an N-bead Gaussian model (N = 214, the CA count of AdK, and 1656 atoms)
-  backproject  backproject_images (exact adjoint of project_images, incl. the one 3-D iFFT)
+  backproject  backproject_images (exact adjoint of project_map, incl. the one 3-D iFFT)
   insert       insert_grid of complex slices (the scatter used by reconstruction); insert-herm its
                Hermitian half-plane fast path (the symmetrisation is a fixed cost, reported apart)
 cryoDRGN (if `import cryodrgn` works), same D, poses and batch:
@@ -223,14 +223,14 @@ def bench(D, B, device, repeats, with_drgn):
     t = time.perf_counter(); vf = P.prepare_volume(vol_d); _sync(device); t = time.perf_counter() - t
     peak = peak_memory(lambda: P.prepare_volume(vol_d), device)
     print(f"  {'prepare':<12} D={D:<4}         {t * 1e3:>10.1f} ms per map  peak {peak / 2**20:>8.1f} MiB  (gridding correction, pad x2, 3-D FFT)", flush=True)
-    imgs = P.project_images(vf, R_d)
+    imgs = P.project_map(vf, R_d)
     ft = P.fft2c(imgs.to(torch.complex64))
     beads = {}
     for N, sig in ((214, 2.0), (1656, 1.5)):
         g = torch.Generator().manual_seed(N)
         beads[N] = (((torch.rand(N, 3, generator=g) - 0.5) * D * 0.5).to(device), torch.ones(N, device=device), sig)
-    fns = {"project": (lambda: P.project_images(vf, R_d), B, "(map: Fourier slice + 2-D iFFT -> real images)"),
-           "slice": (lambda: P.project(vf, R_d), B, "(map: the Fourier slices only)"),
+    fns = {"project": (lambda: P.project_map(vf, R_d), B, "(map: Fourier slice + 2-D iFFT -> real images)"),
+           "slice": (lambda: P.project_ft(vf, R_d), B, "(map: the Fourier slices only)"),
            "gmm214": (lambda: P.render_gmm_2d(*beads[214][:2], beads[214][2], R_d, D, 1.0), B, "(Gaussian model, 214 beads = AdK CA, analytic)"),
            "gmm1656": (lambda: P.render_gmm_2d(*beads[1656][:2], beads[1656][2], R_d, D, 1.0), B, "(Gaussian model, 1656 beads = AdK atoms)"),
            "backproject": (lambda: P.backproject_images(imgs, R_d), B, "(exact adjoint of project, incl. the 3-D iFFT)"),

@@ -17,7 +17,7 @@ from .fourier import fsc as _fourier_fsc, fsc_auc as _fourier_auc, fsc_resolutio
 
 # %% auto #0
 __all__ = ['fsc_curve', 'fsc_auc_cryobench', 'fsc_resolution_px', 'fsc_metrics', 'summarize', 'FSCResults', 'fsc_table',
-           'nearest_point', 'state_latents', 'per_conformation_fsc', 'strided_indices', 'per_image_fsc',
+           'snap_to_latents', 'state_latents', 'per_conformation_fsc', 'strided_indices', 'per_image_fsc',
            'assign_volumes', 'volumes_fsc', 'neighborhood_similarity', 'information_imbalance', 'geodesic_deg',
            'fit_global_rotation', 'pose_error', 'embed_2d', 'latent_figure', 'reference_bounds', 'GTMaps', 'Benchmark',
            'load_benchmark', 'benchmark_reconstructor', 'evaluate', 'write_results', 'find_volumes']
@@ -161,9 +161,10 @@ def fsc_table(maps, gt_maps, mask=None, apix: float = 1.0, index: dict | None = 
     return FSCResults(tab, freqs if freqs is not None else np.zeros(0), np.array(curves), float(apix), name)
 
 # %% ../nbs/21_cryobench.ipynb #26bcca70
-def nearest_point(z, targets) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the actual point of `z (N,zdim)` nearest (Euclidean) to each of `targets (M,zdim)`,
-    and that distance: `(idx (M,), dist (M,))`. As cryoDRGN `analysis.get_nearest_point`, used by
+def snap_to_latents(z, targets) -> tuple[np.ndarray, np.ndarray]:
+    """Snap each of `targets (M,zdim)` onto the actual point of `z (N,zdim)` nearest to it (Euclidean):
+    `(idx (M,), dist (M,))`, always arrays (`cryonb.analysis.nearest_point` is the general lookup, whose
+    result follows the query's shape). As cryoDRGN `analysis.get_nearest_point`, used by
     CryoBench to snap a state's mean latent onto an image latent (via `cryonb.analysis.nearest_point`)."""
     from cryonb.analysis import nearest_point as _nearest
     zz = _np(z, np.float64); zz = zz[:, None] if zz.ndim == 1 else zz
@@ -190,7 +191,7 @@ def state_latents(z, labels, reduce: str = "mean") -> pd.DataFrame:
     fn = {"mean": np.mean, "median": np.median}.get(reduce)
     if fn is None: raise InputError(f"state_latents: reduce must be 'mean' or 'median', got {reduce!r}")
     zt = np.stack([fn(z[lab == s], axis=0) for s in states])
-    idx, dist = nearest_point(z, zt)
+    idx, dist = snap_to_latents(z, zt)
     df = pd.DataFrame({"state": states, "n_images": [(lab == s).sum() for s in states], "image": idx, "dist": dist})
     df.attrs["z_target"], df.attrs["z"] = zt, z[idx]
     return df
@@ -260,7 +261,7 @@ def assign_volumes(labels, n_volumes: int, rule: str = "auto", z=None, volume_z=
         vz = vz[:, None] if vz.ndim == 1 else vz
         if len(vz) != n_volumes: raise InputError(f"assign_volumes: volume_z has {len(vz)} rows for {n_volumes} maps")
         st = state_latents(z, lab)
-        vol, _ = nearest_point(vz, st.attrs["z"])
+        vol, _ = snap_to_latents(vz, st.attrs["z"])
     elif rule == "majority":
         if volume_labels is None: raise InputError("assign_volumes: rule 'majority' needs volume_labels")
         vl = _np(volume_labels).ravel().astype(np.int64)

@@ -15,10 +15,10 @@ from .fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, lowpass_mask, ra
 from .ctf import CTFParams, ctf_2d
 
 # %% auto #0
-__all__ = ['gridding_correction', 'VolumeFT', 'prepare_volume', 'slice_grid', 'insert_grid', 'hermitian_symmetrize', 'project',
-           'project_images', 'grid_to_volume', 'backproject', 'backproject_images', 'project_real', 'render_gmm_2d',
-           'render_gmm_3d', 'render_gmm_2d_ft', 'Potential', 'GaussianPotential', 'MapPotential', 'estimate_f_std',
-           'ImageFormation']
+__all__ = ['gridding_correction', 'VolumeFT', 'prepare_volume', 'slice_grid', 'insert_grid', 'hermitian_symmetrize', 'project_ft',
+           'project_map', 'grid_to_volume', 'backproject', 'backproject_images', 'project_map_realspace',
+           'render_gmm_2d', 'render_gmm_3d', 'render_gmm_2d_ft', 'Potential', 'GaussianPotential', 'MapPotential',
+           'estimate_f_std', 'ImageFormation']
 
 # %% ../nbs/06_projection.ipynb #2fd8164e
 def _as_tensor(x, name):
@@ -90,7 +90,7 @@ class VolumeFT:
         return VolumeFT(self.grid.to(device=device, dtype=dtype), self.D, self.oversampling)
 
 def prepare_volume(volume, oversampling: float = 2) -> VolumeFT:
-    """Gridding-correct, pad and Fourier-transform a real map for `project`/`slice_grid`.
+    """Gridding-correct, pad and Fourier-transform a real map for `project_ft`/`slice_grid`.
 
     volume: real `(D,D,D)` tensor or array indexed `[z,y,x]` (float32, or float64 for exact checks).
     oversampling: padding factor (`M = oversampling·D` must be an integer; 2 is RELION's default).
@@ -308,12 +308,12 @@ def hermitian_symmetrize(grid: torch.Tensor) -> torch.Tensor:
     return out
 
 # %% ../nbs/06_projection.ipynb #8e21e4c9
-def project(vol_ft: VolumeFT, rotations: torch.Tensor) -> torch.Tensor:
+def project_ft(vol_ft: VolumeFT, rotations: torch.Tensor) -> torch.Tensor:
     """Fourier-slice projections of a prepared map.
 
     vol_ft: `VolumeFT` from `prepare_volume`. rotations: `(B,3,3)` poses `A`.
     Returns `(B,D,D)` complex centred 2-D DFTs of the projections, normalised so that
-    `ifft2c(project(...)).real` is the line integral along z in voxel units (`project_real`).
+    `ifft2c(project_ft(...)).real` is the line integral along z in voxel units (`project_map_realspace`).
     Only the half-plane `ky ≤ 0` is interpolated; the rest is its conjugate. Equals
     `slice_grid(vol_ft.grid, ...)` up to rounding for `|k| < D/2 − 1` (near the grid edge the two
     differ in which of `±k` is interpolated)."""
@@ -324,11 +324,11 @@ def project(vol_ft: VolumeFT, rotations: torch.Tensor) -> torch.Tensor:
     kx, ky = _plane_points(vol_ft.D, True, vol_ft.device, rdt)
     return _assemble_half(_slice_points(vol_ft.grid, rotations, kx, ky, vol_ft.oversampling), vol_ft.D)
 
-def project_images(volume, rotations: torch.Tensor, oversampling: float = 2) -> torch.Tensor:
+def project_map(volume, rotations: torch.Tensor, oversampling: float = 2) -> torch.Tensor:
     """Real-space images `(B,D,D)` of a map (`(D,D,D)` tensor or a `VolumeFT`) at poses `(B,3,3)`:
-    `ifft2c(project(prepare_volume(volume), rotations)).real` (voxel-unit line integrals)."""
+    `ifft2c(project_ft(prepare_volume(volume), rotations)).real` (voxel-unit line integrals)."""
     vol_ft = volume if isinstance(volume, VolumeFT) else prepare_volume(volume, oversampling)
-    return ifft2c(project(vol_ft, rotations)).real
+    return ifft2c(project_ft(vol_ft, rotations)).real
 
 # %% ../nbs/06_projection.ipynb #c0b231eb
 def grid_to_volume(grid: torch.Tensor, D: int) -> torch.Tensor:
@@ -367,13 +367,13 @@ def grid_to_volume(grid: torch.Tensor, D: int) -> torch.Tensor:
 # %% ../nbs/06_projection.ipynb #5dd88175
 def backproject(images_ft: torch.Tensor, rotations: torch.Tensor, D: int | None = None,
                 oversampling: float = 2) -> torch.Tensor:
-    """Exact adjoint of `x ↦ project(prepare_volume(x, oversampling), rotations)`.
+    """Exact adjoint of `x ↦ project_ft(prepare_volume(x, oversampling), rotations)`.
 
     images_ft: `(B,D,D)` complex centred image DFTs. rotations: `(B,3,3)` poses `A`.
     Returns the real `(D,D,D)` map `Re[gridcorr⁻¹ · crop(M³·ifft3c(insert(fold(images_ft))))]`
-    (`fold` is the transpose of the Hermitian completion used by `project`), adjoint for the real
+    (`fold` is the transpose of the Hermitian completion used by `project_ft`), adjoint for the real
     inner product `Re⟨·,·⟩` (tested to float64 precision). The adjoint of the real→real
-    `project_images` is `backproject_images`. Memory is independent of `B` (chunked)."""
+    `project_map` is `backproject_images`. Memory is independent of `B` (chunked)."""
     if images_ft.ndim == 2: images_ft = images_ft[None]
     if D is None: D = images_ft.shape[-1]
     if images_ft.ndim != 3 or images_ft.shape[-1] != D or images_ft.shape[-2] != D:
@@ -391,16 +391,16 @@ def backproject(images_ft: torch.Tensor, rotations: torch.Tensor, D: int | None 
     return grid_to_volume(grid, D) * M ** 3
 
 def backproject_images(images: torch.Tensor, rotations: torch.Tensor, oversampling: float = 2) -> torch.Tensor:
-    """Exact adjoint of `project_images` (real `(B,D,D)` images → real `(D,D,D)` map):
+    """Exact adjoint of `project_map` (real `(B,D,D)` images → real `(D,D,D)` map):
     `backproject(fft2c(images)/D², rotations)`."""
     D = images.shape[-1]
     return backproject(fft2c(images.to(_complex_dtype(images.dtype))) / D ** 2, rotations, D, oversampling)
 
 # %% ../nbs/06_projection.ipynb #4cf9fb73
-def project_real(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+def project_map_realspace(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """Real-space projections `(B,D,D)`: `I(x,y) = Σ_z V(Aᵀ(x,y,z))`, trilinear resampling of the
     `(D,D,D)` map (`torch.nn.functional.grid_sample`, zeros outside), sum along z in voxel units.
-    rotations: `(B,3,3)` poses `A`. For checks; use `project` for speed."""
+    rotations: `(B,3,3)` poses `A`. For checks; use `project_ft` for speed."""
     volume = _as_tensor(volume, "volume")
     if volume.ndim != 3 or len(set(volume.shape)) != 1:
         raise InputError(f"volume: expected a cubic (D,D,D) map, got shape {tuple(volume.shape)}")
@@ -672,7 +672,7 @@ class GaussianPotential(torch.nn.Module):
 class MapPotential(torch.nn.Module):
     """Voxel-map potential: `volume` a real `(D,D,D)` map `[z,y,x]` (prepared once), a `VolumeFT`, or an
     `nn.Parameter` map (re-prepared at every call so gradients reach it); `oversampling` as
-    `prepare_volume`. `fourier_slice` is `project` (Fourier-slice theorem, trilinear). Raises
+    `prepare_volume`. `fourier_slice` is `project_ft` (Fourier-slice theorem, trilinear). Raises
     `InputError` for a non-cubic map, a box other than the image's or per-call `coords`."""
     def __init__(self, volume, oversampling: float = 2):
         super().__init__()
@@ -690,7 +690,7 @@ class MapPotential(torch.nn.Module):
             self.D, self.grid = vf.D, vf.grid
 
     def fourier_slice(self, rotations, D: int, apix: float, coords=None, band_px=None) -> torch.Tensor:
-        "Central slices `(B,D,D)` of the map's transform (`project`); `apix` (the map's) and `band_px` unused."
+        "Central slices `(B,D,D)` of the map's transform (`project_ft`); `apix` (the map's) and `band_px` unused."
         if coords is not None: raise InputError("coords: a MapPotential has no bead coordinates to override")
         if D != self.D: raise InputError(f"D: image box {D} differs from the map's box {self.D}")
         grid = self.grid if self.volume is None else prepare_volume(self.volume, self.oversampling).grid

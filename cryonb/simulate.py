@@ -17,7 +17,7 @@ from .fourier import fft2c, ifft2c, ifftnc, fftnc, fourier_crop, phase_shift, do
 from .geometry import random_rotations, matrix_to_euler
 from .ctf import CTFParams, ctf_2d
 from . import structure, io as cio
-from .projection import prepare_volume, project, render_gmm_3d
+from .projection import prepare_volume, project_ft, render_gmm_3d
 
 # %% auto #0
 __all__ = ['JUNK_KINDS', 'sample_poses', 'load_ctf_table', 'sample_ctf', 'form_images', 'radial_power', 'signal_std', 'add_noise',
@@ -94,7 +94,7 @@ def form_images(vf, rotations: torch.Tensor, shifts_A: torch.Tensor, ctf: CTFPar
     `ctf_pad·D` (the shifted projection zero-padded in real space) and crops the centre back, so that
     signal delocalised by defocus leaves the box instead of wrapping around (see below). Everything on
     the device of `vf`."""
-    F = project(vf, rotations)
+    F = project_ft(vf, rotations)
     D = F.shape[-1]
     dev = F.device
     F = phase_shift(F, -shifts_A.to(dev), apix)

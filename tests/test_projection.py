@@ -68,11 +68,11 @@ def test_adjoint_fourier_and_real(D, os_):
     x = torch.randn(D, D, D, dtype=torch.float64, generator=g)
     R = rand_rot(6, D)
     y = torch.randn(6, D, D, dtype=torch.complex128, generator=g)
-    lhs = (P.project(P.prepare_volume(x, os_), R).conj() * y).real.sum()
+    lhs = (P.project_ft(P.prepare_volume(x, os_), R).conj() * y).real.sum()
     rhs = (x * P.backproject(y, R, D, os_)).sum()
     assert abs(lhs - rhs) / abs(lhs) < 1e-10
     yr = torch.randn(6, D, D, dtype=torch.float64, generator=g)
-    lhs = (P.project_images(x, R, os_) * yr).sum()
+    lhs = (P.project_map(x, R, os_) * yr).sum()
     rhs = (x * P.backproject_images(yr, R, os_)).sum()
     assert abs(lhs - rhs) / abs(lhs) < 1e-10
 
@@ -98,14 +98,14 @@ def test_fourier_vs_real_space_smooth_map():
     D = 32
     V = gauss_map(D, [(5, 0, 0), (0, -6, 2), (-3, 3, -5)], [2.5, 2.0, 3.0], [1.0, 0.7, 0.5])
     R = rand_rot(12, 11)
-    c = corr(P.project_images(V, R), P.project_real(V, R))
+    c = corr(P.project_map(V, R), P.project_map_realspace(V, R))
     assert c.min() > 0.999
 
 
 def test_rotation_about_z_maps_x_to_y():
     D = 32
     V = gauss_map(D, [(6, 0, 0)], [2.0], [1.0])
-    for p in (P.project_images(V, RZ90)[0], P.project_real(V, RZ90)[0]):
+    for p in (P.project_map(V, RZ90)[0], P.project_map_realspace(V, RZ90)[0]):
         assert divmod(int(p.argmax()), D) == (D // 2 + 6, D // 2)
     img = P.render_gmm_2d(torch.tensor([[6.0, 0, 0]]), torch.ones(1), 2.0, RZ90.float(), D, 1.0)
     assert divmod(int(img.argmax()), D) == (D // 2 + 6, D // 2)
@@ -116,13 +116,13 @@ def test_toy_projections_match_cryodrgn_stack():
     vol = read_mrc("toymodel_small_nocenter.mrc")
     imgs, rots = read_mrc("toy_projections.mrcs"), read_pkl("toy_angles.pkl")
     assert imgs.shape == (1000, 30, 30) and rots.shape == (1000, 3, 3)
-    c = corr(P.project_images(vol, rots), imgs)
+    c = corr(P.project_map(vol, rots), imgs)
     assert c.min() > 0.9 and c.mean() > 0.99
     # the line-integral normalisation: image sums follow the map sum (toy images sum to ~180 = map sum)
-    s = P.project_images(vol, rots[:20]).sum((-1, -2)) / imgs[:20].sum((-1, -2))
+    s = P.project_map(vol, rots[:20]).sum((-1, -2)) / imgs[:20].sum((-1, -2))
     assert ((s - 1).abs() < 0.06).all()
-    assert corr(P.project_images(vol, rots[:100].transpose(1, 2)), imgs[:100]).mean() < 0.7
-    assert corr(P.project_images(vol.flip(0), rots[:100]), imgs[:100]).mean() < 0.95
+    assert corr(P.project_map(vol, rots[:100].transpose(1, 2)), imgs[:100]).mean() < 0.7
+    assert corr(P.project_map(vol.flip(0), rots[:100]), imgs[:100]).mean() < 0.95
 
 
 def test_hand_stack_consistent_with_poses():
@@ -135,7 +135,7 @@ def test_hand_stack_consistent_with_poses():
         num = P.insert_grid(fft2c(imgs.to(torch.complex128)), R, M)
         den = P.insert_grid(torch.ones(len(R), D, D, dtype=torch.float64), R, M)
         vol = P.grid_to_volume(num / (den + 1.0), D)
-        return corr(P.project_images(vol, R), imgs)
+        return corr(P.project_map(vol, R), imgs)
 
     good, bad = recon_reproject(rots), recon_reproject(rots.transpose(1, 2))
     assert good.mean() > 0.9, good.mean()
@@ -154,8 +154,8 @@ def test_gmm_render_consistency_and_grad():
     vol = P.render_gmm_3d(coords, amps, sig, D, apix)
     assert torch.allclose(img.sum((-1, -2)), amps.sum().expand(10), rtol=1e-4)
     assert torch.allclose(vol.sum(), amps.sum(), rtol=1e-4)
-    assert corr(P.project_real(vol, R), img).min() > 0.999
-    assert ((P.project_images(vol, R) - img).norm() / img.norm()) < 0.02
+    assert corr(P.project_map_realspace(vol, R), img).min() > 0.999
+    assert ((P.project_map(vol, R) - img).norm() / img.norm()) < 0.02
     c4 = coords[:4].clone().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda c: P.render_gmm_2d(c, amps[:4], sig[:4], R[:2], 10, apix, cutoff_sigma=None), (c4,))
@@ -241,7 +241,7 @@ def test_bad_input():
     with pytest.raises(InputError, match="oversampling"):
         P.prepare_volume(torch.rand(9, 9, 9), 1.5)
     with pytest.raises(InputError, match="rotations"):
-        P.project(P.prepare_volume(v), torch.eye(4)[None])
+        P.project_ft(P.prepare_volume(v), torch.eye(4)[None])
     with pytest.raises(InputError, match="does not match"):
         P.slice_grid(torch.zeros(20, 20, 20, dtype=torch.complex64), torch.eye(3)[None], 8)
     with pytest.raises(InputError, match="poses"):
@@ -287,7 +287,7 @@ def test_project_half_plane_equals_full_slice(D):
     vf = P.prepare_volume(torch.randn(D, D, D, dtype=torch.float64, generator=g))
     R = rand_rot(5, 2)
     full = P.slice_grid(vf.grid, R, D)
-    half = P.project(vf, R)
+    half = P.project_ft(vf, R)
     k = (torch.arange(D) - D // 2).double()
     m = (k[:, None] ** 2 + k[None, :] ** 2).sqrt() < D // 2 - 1      # away from the grid edge
     torch.testing.assert_close(half[:, m], full[:, m], rtol=1e-9, atol=1e-9 * full.abs().max().item())
@@ -312,7 +312,7 @@ def test_noiseless_reconstruction_recovers_map():
     D = 24
     V = gauss_map(D, [(4, 0, 0), (0, -5, 2), (-3, 3, -4)], [2.0, 1.6, 2.4], [1.0, 0.7, 0.5]).float()
     R = rand_rot(600, 8).float()
-    Y = P.project(P.prepare_volume(V), R)
+    Y = P.project_ft(P.prepare_volume(V), R)
     num = P.insert_grid(Y, R, 2 * D)
     den = P.insert_grid(torch.ones(600, D, D), R, 2 * D)
     rec = P.grid_to_volume(num / den.clamp_min(1e-3), D)
@@ -334,18 +334,18 @@ def test_rotations_must_be_proper():
     vf = P.prepare_volume(torch.rand(8, 8, 8))
     mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0]))[None]
     with pytest.raises(InputError, match="proper rotation"):
-        P.project(vf, mirror)
+        P.project_ft(vf, mirror)
     with pytest.raises(InputError, match="proper rotation"):
-        P.project(vf, 2 * torch.eye(3)[None])
+        P.project_ft(vf, 2 * torch.eye(3)[None])
     with pytest.raises(InputError, match="proper rotation"):
-        P.project(vf, torch.full((1, 3, 3), float("nan")))
+        P.project_ft(vf, torch.full((1, 3, 3), float("nan")))
 
 
 def test_gradients_wrt_map_match_finite_differences():
     R = rand_rot(2, 12)
     for D in (6, 5):
         v = torch.randn(D, D, D, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda v: P.project_images(v, R), (v,))
+        assert torch.autograd.gradcheck(lambda v: P.project_map(v, R), (v,))
     sh = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
     v = torch.randn(6, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: P.ImageFormation(6, 1.0, P.MapPotential(v))(R, sh), (v,))
@@ -356,7 +356,7 @@ def test_gradients_wrt_pose():
     R = rand_rot(1, 21)
     vf = P.prepare_volume(torch.randn(8, 8, 8, dtype=torch.float64))
     w = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda w: P.project(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,),
+    assert torch.autograd.gradcheck(lambda w: P.project_ft(vf, roma.rotvec_to_rotmat(w) @ R).real, (w,),
                                     eps=1e-7, atol=1e-4)
     c = torch.tensor([[3.0, -2.0, 1.0], [-1.0, 2.5, 0.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(

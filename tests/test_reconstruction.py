@@ -12,7 +12,7 @@ from cryonb.data import ParticleDataset
 from cryonb.geometry import random_rotations
 from cryonb.io import read_map, write_map
 from cryonb.synthetic import test_data_path as T
-from cryonb.projection import prepare_volume, project, project_real
+from cryonb.projection import prepare_volume, project_ft, project_map_realspace
 from cryonb.reconstruction import (Reconstructor, reconstruct_dataset, sphere_mask, load_mask, masked_fsc,
                                    fsc_shell_counts, postprocess, mask_from_halfmaps)
 
@@ -55,8 +55,8 @@ def test_hand_half_map_fsc_reaches_nyquist_and_hand_is_kept():
     assert r["resolution_A"] == 2.0 and float(r["fsc"][1:].min()) > 0.143
     b = ds[np.arange(0, 100, 7)]
     # independent check of the hand: re-project with the real-space projector (no shared Fourier code)
-    cc = corr(project_real(r["map"], b["rotations"]), b["images"])
-    cc_mirror = corr(project_real(r["map"].flip(0), b["rotations"]), b["images"])
+    cc = corr(project_map_realspace(r["map"], b["rotations"]), b["images"])
+    cc_mirror = corr(project_map_realspace(r["map"].flip(0), b["rotations"]), b["images"])
     assert cc > 0.98 and cc_mirror < 0.6
 
 
@@ -76,7 +76,7 @@ def test_noiseless_projections_recover_the_map(oversampling, floor):
     D = 32
     vol = _bandlimited_map(D)
     R = random_rotations(800, seed=2)
-    imgs = F.ifft2c(project(prepare_volume(vol), R)).real
+    imgs = F.ifft2c(project_ft(prepare_volume(vol), R)).real
     r = Reconstructor(D, 1.0, oversampling=oversampling, device="cpu").add(imgs, R).finalize()
     _, c = F.fsc(r["map"], vol)
     assert c[: int(0.9 * D / 2) + 1].min() >= floor
@@ -102,7 +102,7 @@ def test_fsc_regulariser_lowers_the_error_on_noisy_ctf_data():
     g = torch.Generator().manual_seed(5)
     ctf = CTFParams(defocus_u=torch.full((n,), 15000.), defocus_v=torch.full((n,), 14000.), defocus_angle=torch.zeros(n),
                     voltage=torch.full((n,), 300.), cs=torch.full((n,), 2.7), amplitude_contrast=torch.full((n,), 0.1))
-    imgs = F.ifft2c(project(prepare_volume(vol), R) * ctf_2d(ctf, D, 2.0)).real
+    imgs = F.ifft2c(project_ft(prepare_volume(vol), R) * ctf_2d(ctf, D, 2.0)).real
     imgs = imgs + 5 * imgs.std() * torch.randn(imgs.shape, generator=g)
     rec = Reconstructor(D, 2.0, oversampling=1, device="cpu").add(imgs, R, None, ctf)
     err = {reg: float((rec.finalize(reg)["map"] - vol).norm() / vol.norm()) for reg in ("fsc", None)}

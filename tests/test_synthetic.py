@@ -9,7 +9,7 @@ from cryonb.core import InputError
 from cryonb.fourier import ifft2c
 from cryonb.geometry import random_rotations
 from cryonb.io import read_ctf_pkl, read_map, read_poses_pkl, read_stack
-from cryonb.projection import prepare_volume, project
+from cryonb.projection import prepare_volume, project_ft
 
 
 def _blobs(seed=0, k=6, D=32, apix=2.0):
@@ -34,7 +34,7 @@ def test_blob_projections_match_fourier_slice_projection():
     vol = synthetic.blob_volume(c, D, apix, s, a)
     R = random_rotations(5, seed=2).double()
     analytic = synthetic.blob_projections(c, R.numpy(), D, apix, s, a)
-    fs = ifft2c(project(prepare_volume(torch.as_tensor(vol), oversampling=2), R)).real.numpy()
+    fs = ifft2c(project_ft(prepare_volume(torch.as_tensor(vol), oversampling=2), R)).real.numpy()
     assert analytic.shape == (5, D, D)
     np.testing.assert_allclose(analytic.sum(axis=(1, 2)), vol.sum(), rtol=1e-6)      # projection keeps the integral
     err = np.linalg.norm(fs - analytic) / np.linalg.norm(analytic)

@@ -211,7 +211,7 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
     RELION CTF without B-factor/scale, Ĩ the image shifted by +origin. Streams batches of
     `batch_size` images; `precision` 'double' (reference) or 'single'.
     Raises `InputError` on a half-set without a map or a box mismatch."""
-    from cryonb.projection import prepare_volume, project
+    from cryonb.projection import prepare_volume, project_ft
     dev = get_device(device)
     if precision not in ("double", "single"): raise InputError(f"precision must be 'double' or 'single', got {precision!r}")
     rdt = torch.float64 if precision == "double" else torch.float32
@@ -259,7 +259,7 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
         proj = torch.empty(len(idx), D, D, dtype=cdt, device=dev)
         for k in np.unique(hs):
             sel = torch.as_tensor(np.flatnonzero(hs == k), device=dev)
-            proj[sel] = project(vfts[int(k)], rot[sel]).to(cdt)
+            proj[sel] = project_ft(vfts[int(k)], rot[sel]).to(cdt)
         scores[i0:i0 + len(idx)] = sieve_score_ft(proj, img_ft, ctf, hp).double().cpu().numpy()
     return scores
 
