@@ -584,13 +584,8 @@ def _save_checkpoint(path, rec: Reconstructor, done: int, key: dict) -> None:
 
 def _load_checkpoint(path, rec: Reconstructor, key: dict) -> int:
     "Restore the sums of a checkpoint made with the same `key` (data, poses, settings); returns the images done."
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path}: unreadable reconstruction checkpoint ({e}); delete it to start over") from e
-    if state.get("key") != key:
-        raise InputError(f"{path}: checkpoint of a different run (particles, box, half-sets or settings differ); "
-                         "delete it to start over")
+    from cryonb.io import load_checkpoint
+    state = load_checkpoint(path, key=key, what="reconstruction checkpoint (particles, box, half-sets or settings)")
     rec._num.copy_(state["num"])
     rec._wts.copy_(state["wts"])
     rec.counts = list(state["counts"])

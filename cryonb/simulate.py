@@ -292,14 +292,7 @@ def _save_sim_checkpoint(path: Path, key: str, files: int, k: int, i: int, gnois
 
 def _load_sim_checkpoint(path: Path, key: str) -> dict:
     "The checkpoint of the same simulation (same parameters), else `InputError` naming the file."
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path}: unreadable simulation checkpoint ({e}); delete it to start over") from e
-    if state.get("key") != key:
-        raise InputError(f"{path}: checkpoint of a simulation with other parameters; delete it (or use another "
-                         "output folder) to start over")
-    return state
+    return cio.load_checkpoint(path, key=key, what="simulation checkpoint")
 
 # %% ../nbs/08_simulate.ipynb #beb6dd24
 JUNK_KINDS = {"noise": 1, "pose": 2, "structure": 3}

@@ -305,13 +305,22 @@ def read_latents(path) -> np.ndarray:
         raise CryoFormatError(f"{path}: expected latents of shape (N, zdim); got {got}")
     return a.reshape(len(a), -1)
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", key=None, what: str = "checkpoint"):
     """Load a PyTorch checkpoint **without** arbitrary unpickling (`torch.load(..., weights_only=True)`:
-    tensors, dicts, lists, numbers, strings only). Raises `FileNotFoundError` if absent and
-    `UnsafePickleError` if the file needs anything else."""
+    tensors, dicts, lists, numbers, strings only). With `key`, the checkpoint must be a dict whose `'key'`
+    equals it (the same run: data, parameters); `what` names the file's role in messages. Raises
+    `FileNotFoundError` if absent, `UnsafePickleError` if the file needs anything else, and `InputError`
+    (naming the file) when it is unreadable or belongs to another run."""
     path = str(path)
     if not os.path.exists(path): raise FileNotFoundError(f"{path}: no such checkpoint")
-    try: return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).splitlines()[0]
         raise UnsafePickleError(f"{path}: checkpoint holds objects other than tensors/containers ({first})") from None
+    except Exception as e:
+        raise InputError(f"{path}: unreadable {what} ({e}); delete it to start over") from None
+    if key is not None and (not isinstance(state, dict) or state.get("key") != key):
+        raise InputError(f"{path}: {what} of a different run (data or parameters differ); delete it "
+                         "(or use another output folder) to start over")
+    return state
