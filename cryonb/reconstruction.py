@@ -26,12 +26,16 @@ def _check_map(x, name: str = "map", like: torch.Tensor | None = None) -> torch.
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if t.is_complex() or t.dim() != 3 or len(set(t.shape)) != 1:
         raise InputError(f"{name}: expected a real cubic (D,D,D) map, got shape {tuple(t.shape)} dtype {t.dtype}")
-    if not t.is_floating_point(): t = t.float()
+    if not t.is_floating_point():
+        t = t.float()
     if like is not None:
-        if t.shape != like.shape: raise InputError(f"{name}: box {tuple(t.shape)} does not match {tuple(like.shape)}")
+        if t.shape != like.shape:
+            raise InputError(f"{name}: box {tuple(t.shape)} does not match {tuple(like.shape)}")
         t = t.to(like.device)
-    if not torch.isfinite(t).all(): raise InputError(f"{name}: the map contains NaN or Inf voxels")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name}: the map contains NaN or Inf voxels")
     return t
+
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     "Real-space Pearson correlation of two maps (the 'CC' cryoDRGN quotes)."
@@ -63,25 +67,32 @@ class Reconstructor:
     Use: `rec.add(images, rotations, shifts_A, ctf, halfset)` for each batch, then `rec.finalize()`.
     Raises `InputError` for an odd box or non-positive pixel size.
     Source: RELION `BackProjector` (Scheres 2012), cryoDRGN `backproject_voxel` (CTF `mul` mode)."""
-    def __init__(self, D: int, apix: float, oversampling: int = 2, device=None, dtype=torch.float32,
-                 hermitian: bool = True):
+
+    def __init__(
+        self, D: int, apix: float, oversampling: int = 2, device=None, dtype=torch.float32, hermitian: bool = True
+    ):
         D = int(D)
-        if D < 4 or D % 2: raise InputError(f"Reconstructor: the box size D must be even and >= 4, got {D}")
-        if not apix or apix <= 0: raise InputError(f"Reconstructor: apix must be > 0 Å/px, got {apix}")
+        if D < 4 or D % 2:
+            raise InputError(f"Reconstructor: the box size D must be even and >= 4, got {D}")
+        if not apix or apix <= 0:
+            raise InputError(f"Reconstructor: apix must be > 0 Å/px, got {apix}")
         self.D, self.apix, self.oversampling = D, float(apix), oversampling
         self.M = int(round(oversampling * D))
         self.device, self.dtype = get_device(device), dtype
         cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
-        self._num = torch.zeros(2 * self.M ** 3, dtype=cdt, device=self.device)      # N of both half-sets, flat
-        self._wts = torch.zeros(2 * self.M ** 3, dtype=dtype, device=self.device)    # W of both half-sets, flat
+        self._num = torch.zeros(2 * self.M**3, dtype=cdt, device=self.device)  # N of both half-sets, flat
+        self._wts = torch.zeros(2 * self.M**3, dtype=dtype, device=self.device)  # W of both half-sets, flat
         self.counts = [0, 0]
         self._seen = 0
         self.hermitian = bool(hermitian)
         k = torch.arange(D, device=self.device, dtype=dtype) - D // 2
         ky, kx = torch.meshgrid(k, k, indexing="ij")
-        keep = ((kx ** 2 + ky ** 2) < (D / 2 + 1) ** 2) & (kx > -(D // 2)) & (ky > -(D // 2))   # no unpaired Nyquist row/column
-        if self.hermitian: keep &= ky <= 0
-        self._pix = torch.nonzero(keep.reshape(-1))[:, 0]                       # flat pixel indices used
+        keep = (
+            ((kx**2 + ky**2) < (D / 2 + 1) ** 2) & (kx > -(D // 2)) & (ky > -(D // 2))
+        )  # no unpaired Nyquist row/column
+        if self.hermitian:
+            keep &= ky <= 0
+        self._pix = torch.nonzero(keep.reshape(-1))[:, 0]  # flat pixel indices used
         self._kx, self._ky = kx.reshape(-1)[self._pix], ky.reshape(-1)[self._pix]
         self._pw = torch.where((self._ky == 0) & self.hermitian, 0.5, 1.0).to(dtype)
 
@@ -100,18 +111,20 @@ class Reconstructor:
         M, ov = self.M, float(self.oversampling)
         P = self._kx.shape[0]
         n = max(1, min(R.shape[0], (1 << 20) // max(P, 1)))
-        M2, M3 = M * M, M ** 3
+        M2, M3 = M * M, M**3
         for b0 in range(0, R.shape[0], n):
-            Rb = R[b0:b0 + n]
-            q = (M // 2) + ov * (self._kx[None, :, None] * Rb[:, None, 0, :] + self._ky[None, :, None] * Rb[:, None, 1, :])
+            Rb = R[b0 : b0 + n]
+            q = (M // 2) + ov * (
+                self._kx[None, :, None] * Rb[:, None, 0, :] + self._ky[None, :, None] * Rb[:, None, 1, :]
+            )
             i0 = torch.floor(q)
             f = (q - i0).reshape(-1, 3)
             i0 = i0.long()
-            valid = ((i0 >= 1) & (i0 <= M - 2)).all(-1).reshape(-1)      # symmetric about M//2 (Friedel)
-            base = ((i0[..., 2] * M + i0[..., 1]) * M + i0[..., 0] + h[b0:b0 + n, None] * M3).reshape(-1)
+            valid = ((i0 >= 1) & (i0 <= M - 2)).all(-1).reshape(-1)  # symmetric about M//2 (Friedel)
+            base = ((i0[..., 2] * M + i0[..., 1]) * M + i0[..., 0] + h[b0 : b0 + n, None] * M3).reshape(-1)
             base = torch.where(valid, base, 0)
-            vx = X[b0:b0 + n].reshape(-1) * valid
-            vw = w[b0:b0 + n].reshape(-1) * valid
+            vx = X[b0 : b0 + n].reshape(-1) * valid
+            vw = w[b0 : b0 + n].reshape(-1) * valid
             fx, fy, fz = f.unbind(-1)
             for dz, wz in ((0, 1 - fz), (M2, fz)):
                 for dy, wy in ((0, 1 - fy), (M, fy)):
@@ -122,8 +135,10 @@ class Reconstructor:
                         self._wts.index_add_(0, o, vw * wt)
 
     def __repr__(self):
-        return (f"Reconstructor(D={self.D}, apix={self.apix}, oversampling={self.oversampling}, "
-                f"device={self.device}, particles={self.counts})")
+        return (
+            f"Reconstructor(D={self.D}, apix={self.apix}, oversampling={self.oversampling}, "
+            f"device={self.device}, particles={self.counts})"
+        )
 
     def add(self, images, rotations, shifts_A=None, ctf: CTFParams | None = None, halfset=None) -> "Reconstructor":
         """Accumulate a batch.
@@ -134,14 +149,19 @@ class Reconstructor:
         (`None`: alternate). Raises `InputError` for a wrong box, count mismatches, NaN, bad labels."""
         dev, rdt = self.device, self.dtype
         x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-        if x.dim() == 2: x = x[None]
+        if x.dim() == 2:
+            x = x[None]
         if x.dim() != 3 or tuple(x.shape[-2:]) != (self.D, self.D):
-            raise InputError(f"Reconstructor.add: images must be (B,{self.D},{self.D}) to match D={self.D}, got {tuple(x.shape)}")
+            raise InputError(
+                f"Reconstructor.add: images must be (B,{self.D},{self.D}) to match D={self.D}, got {tuple(x.shape)}"
+            )
         B = x.shape[0]
         x = x.to(device=dev, dtype=rdt)
-        if not torch.isfinite(x).all(): raise InputError("Reconstructor.add: images contain NaN or Inf")
+        if not torch.isfinite(x).all():
+            raise InputError("Reconstructor.add: images contain NaN or Inf")
         R = rotations if isinstance(rotations, torch.Tensor) else torch.as_tensor(np.asarray(rotations))
-        if R.dim() == 2: R = R[None]
+        if R.dim() == 2:
+            R = R[None]
         if tuple(R.shape) != (B, 3, 3):
             raise InputError(f"Reconstructor.add: rotations must be ({B},3,3) for {B} images, got {tuple(R.shape)}")
         R = R.to(device=dev, dtype=rdt)
@@ -150,9 +170,11 @@ class Reconstructor:
             s = shifts_A if isinstance(shifts_A, torch.Tensor) else torch.as_tensor(np.asarray(shifts_A))
             if tuple(s.shape) != (B, 2):
                 raise InputError(f"Reconstructor.add: shifts_A must be ({B},2) Å for {B} images, got {tuple(s.shape)}")
-            if bool((s != 0).any()): X = F.phase_shift(X, s.to(dev), self.apix)
+            if bool((s != 0).any()):
+                X = F.phase_shift(X, s.to(dev), self.apix)
         if ctf is not None:
-            if len(ctf) != B: raise InputError(f"Reconstructor.add: {len(ctf)} CTF entries for {B} images")
+            if len(ctf) != B:
+                raise InputError(f"Reconstructor.add: {len(ctf)} CTF entries for {B} images")
             c = ctf_2d(ctf.to(dev), self.D, self.apix).to(rdt)
             X, w = X * c, c * c
         else:
@@ -162,21 +184,24 @@ class Reconstructor:
         else:
             h = halfset if isinstance(halfset, torch.Tensor) else torch.as_tensor(np.asarray(halfset))
             h = h.to(dev).long().reshape(-1)
-            if h.numel() != B: raise InputError(f"Reconstructor.add: {h.numel()} half-set labels for {B} images")
+            if h.numel() != B:
+                raise InputError(f"Reconstructor.add: {h.numel()} half-set labels for {B} images")
             if bool(((h != 0) & (h != 1)).any()):
                 raise InputError(f"Reconstructor.add: half-set labels must be 0 or 1, got {sorted(set(h.tolist()))}")
         self._seen += B
         Xp = X.reshape(B, -1)[:, self._pix] * self._pw
         wp = w.reshape(B, -1)[:, self._pix] * self._pw
         self._insert(Xp.to(self._num.dtype), wp.to(rdt), R, h)
-        for k in (0, 1): self.counts[k] += int((h == k).sum())
+        for k in (0, 1):
+            self.counts[k] += int((h == k).sum())
         return self
 
     def grids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The accumulated `(N (2,M,M,M) complex, W (2,M,M,M) real)` per half-set, completed by Friedel
         symmetry `G(q) + G(−q)*` when `hermitian` (valid for `|k| < D/2`; the accumulators are untouched)."""
         N, W = self.num, self.wts
-        if not self.hermitian: return N.clone(), W.clone()
+        if not self.hermitian:
+            return N.clone(), W.clone()
         N2, W2 = N.clone(), W.clone()
         N2[:, 1:, 1:, 1:] += N[:, 1:, 1:, 1:].flip(1, 2, 3).conj()
         W2[:, 1:, 1:, 1:] += W[:, 1:, 1:, 1:].flip(1, 2, 3)
@@ -187,10 +212,10 @@ class Reconstructor:
         if not hasattr(self, "_sh"):
             r = F.radius_grid(self.M, ndim=3, device=self.device, dtype=torch.float64) / self.oversampling
             self._inside = r < self.D / 2
-            sh = (torch.floor(r) + 1).to(torch.int32)      # CryoBench shell of the unpadded frequency
+            sh = (torch.floor(r) + 1).to(torch.int32)  # CryoBench shell of the unpadded frequency
             del r
-            self._shc = sh * self._inside                  # 0 outside Nyquist (for painting)
-            self._sh = torch.where(self._inside, sh, -1)   # -1 outside (ignored when averaging)
+            self._shc = sh * self._inside  # 0 outside Nyquist (for painting)
+            self._sh = torch.where(self._inside, sh, -1)  # -1 outside (ignored when averaging)
         return self._sh, self._inside
 
     def _mean_w(self, W):
@@ -233,7 +258,8 @@ class Reconstructor:
             lam_f = mwf * 1e-3
         else:
             lam = float(regularization)
-            if lam < 0: raise InputError(f"finalize: regularization weight must be >= 0, got {lam}")
+            if lam < 0:
+                raise InputError(f"finalize: regularization weight must be >= 0, got {lam}")
             lam_h = [torch.full_like(m, lam * float(W[k][inside].mean())) for k, m in enumerate(mw)]
             lam_f = torch.full_like(mwf, lam * float(Wf[inside].mean()))
         h1, h2 = self._solve(N[0], W[0], lam_h[0]), self._solve(N[1], W[1], lam_h[1])
@@ -245,28 +271,41 @@ class Reconstructor:
                 freqs, curve = F.fsc(h1, h2)
             lam_f = _regulariser_from_fsc(mwf, curve, full=True)
         vol = self._solve(Nf, Wf, lam_f)
-        return dict(map=vol, half1=h1, half2=h2, freqs=freqs, fsc=curve,
-                    resolution_A=F.fsc_resolution(freqs, curve, 0.143, self.apix),
-                    resolution_05_A=F.fsc_resolution(freqs, curve, 0.5, self.apix),
-                    counts=list(self.counts), apix=self.apix)
+        return dict(
+            map=vol,
+            half1=h1,
+            half2=h2,
+            freqs=freqs,
+            fsc=curve,
+            resolution_A=F.fsc_resolution(freqs, curve, 0.143, self.apix),
+            resolution_05_A=F.fsc_resolution(freqs, curve, 0.5, self.apix),
+            counts=list(self.counts),
+            apix=self.apix,
+        )
 
 # %% ../nbs/07_reconstruction.ipynb #95330bf8
 def soft_edge(dist: torch.Tensor, soft_edge_px: float) -> torch.Tensor:
     """Raised-cosine fall-off of a distance outside a mask `dist` (pixels, any shape): 1 at ≤ 0, 0 at ≥ `soft_edge_px`,
     `(1 + cos(π d / w))/2` between (RELION's `width_soft_edge`). The one soft edge of cryonb's masks."""
-    if soft_edge_px <= 0: return (dist <= 0).to(dist.dtype)
+    if soft_edge_px <= 0:
+        return (dist <= 0).to(dist.dtype)
     t = (dist / soft_edge_px).clamp(0, 1)
     return 0.5 * (1 + torch.cos(math.pi * t))
 
-def sphere_mask(D: int, radius_px: float | None = None, soft_edge_px: float = 0.0, device=None,
-                dtype=torch.float32) -> torch.Tensor:
+
+def sphere_mask(
+    D: int, radius_px: float | None = None, soft_edge_px: float = 0.0, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """Spherical mask `(D,D,D)` centred on voxel `D//2`: 1 for `r ≤ radius_px`, raised-cosine fall
     to 0 over `(radius_px, radius_px + soft_edge_px)`, 0 beyond (distances in pixels).
     `radius_px=None` means `D//2 - soft_edge_px` (the largest sphere whose edge fits the box).
     Raises `InputError` for a non-positive radius or negative edge. Source: RELION `--width_soft_edge`."""
-    if radius_px is None: radius_px = D // 2 - soft_edge_px
+    if radius_px is None:
+        radius_px = D // 2 - soft_edge_px
     if radius_px <= 0 or soft_edge_px < 0:
-        raise InputError(f"sphere_mask: need radius_px > 0 and soft_edge_px >= 0 (pixels), got {radius_px}, {soft_edge_px}")
+        raise InputError(
+            f"sphere_mask: need radius_px > 0 and soft_edge_px >= 0 (pixels), got {radius_px}, {soft_edge_px}"
+        )
     x = torch.arange(D, device=get_device(device), dtype=torch.float64) - D // 2
     r = torch.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
     return soft_edge(r - radius_px, soft_edge_px).to(dtype)
@@ -283,18 +322,28 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
     return float(centres[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))])
 
+
 def soften(binary, soft_edge_px: float) -> np.ndarray:
     """A binary mask `(D,D,D)` with a raised-cosine edge of `soft_edge_px` voxels outside it (Euclidean
     distance transform, then `soft_edge`) → float32 in [0, 1]."""
     from scipy import ndimage
+
     b = np.asarray(binary, bool)
-    if soft_edge_px <= 0 or not b.any(): return b.astype(np.float32)
+    if soft_edge_px <= 0 or not b.any():
+        return b.astype(np.float32)
     d = torch.as_tensor(ndimage.distance_transform_edt(~b))
     return soft_edge(d, soft_edge_px).numpy().astype(np.float32)
 
-def mask_from_halfmaps(half1: torch.Tensor, half2: torch.Tensor | None = None, apix: float = 1.0,
-                       lowpass_A: float = 15.0, threshold: float | None = None, dilate_px: float = 3.0,
-                       soft_edge_px: float = 6.0) -> torch.Tensor:
+
+def mask_from_halfmaps(
+    half1: torch.Tensor,
+    half2: torch.Tensor | None = None,
+    apix: float = 1.0,
+    lowpass_A: float = 15.0,
+    threshold: float | None = None,
+    dilate_px: float = 3.0,
+    soft_edge_px: float = 6.0,
+) -> torch.Tensor:
     """Soft solvent mask `(D,D,D)` from two half-maps (or one map: `half2=None`).
 
     Steps: average → low-pass at `lowpass_A` Å (raised-cosine edge of 2 Fourier px) → binarise at
@@ -313,14 +362,18 @@ def mask_from_halfmaps(half1: torch.Tensor, half2: torch.Tensor | None = None, a
     thr = otsu_threshold(a.ravel()) if threshold is None else float(threshold)
     binary = a > thr
     if not binary.any():
-        raise InputError(f"mask_from_halfmaps: no voxel of the {lowpass_A} Å low-passed map exceeds the threshold {thr:.4g}")
+        raise InputError(
+            f"mask_from_halfmaps: no voxel of the {lowpass_A} Å low-passed map exceeds the threshold {thr:.4g}"
+        )
     lab, n = ndimage.label(binary)
     if n > 1:
-        sizes = np.bincount(lab.ravel()); sizes[0] = 0
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
         binary = lab == int(np.argmax(sizes))
-    dist = ndimage.distance_transform_edt(~binary)          # distance (px) to the nearest kept voxel
+    dist = ndimage.distance_transform_edt(~binary)  # distance (px) to the nearest kept voxel
     dist = np.maximum(dist - dilate_px, 0.0)
     return soft_edge(torch.as_tensor(dist, device=avg.device), soft_edge_px).float()
+
 
 def load_mask(path, D: int, apix: float | None = None, rtol: float = 1e-3) -> torch.Tensor:
     """Read a mask `.mrc` and check it against maps of box `D` and pixel size `apix` Å.
@@ -330,14 +383,18 @@ def load_mask(path, D: int, apix: float | None = None, rtol: float = 1e-3) -> to
     more than `rtol` (relative; a header without pixel size is accepted), it holds NaN/Inf, or its
     values leave `[0, 1]` (RELION's requirement for masks)."""
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"mask file {str(p)!r} does not exist")
+    if not p.exists():
+        raise FileNotFoundError(f"mask file {str(p)!r} does not exist")
     arr, apix_file = read_map(p)
     arr = np.asarray(arr)
     if arr.shape != (D, D, D):
         raise InputError(f"mask {str(p)!r}: shape {arr.shape} does not match the maps' box {(D, D, D)}")
     if apix is not None and apix_file and abs(float(apix_file) - float(apix)) > rtol * float(apix):
-        raise InputError(f"mask {str(p)!r}: pixel size {float(apix_file):.4f} Å in its header differs from the maps' {float(apix):.4f} Å")
-    if not np.isfinite(arr).all(): raise InputError(f"mask {str(p)!r} contains NaN or Inf values")
+        raise InputError(
+            f"mask {str(p)!r}: pixel size {float(apix_file):.4f} Å in its header differs from the maps' {float(apix):.4f} Å"
+        )
+    if not np.isfinite(arr).all():
+        raise InputError(f"mask {str(p)!r} contains NaN or Inf values")
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InputError(f"mask {str(p)!r}: values must lie in [0, 1] (a soft mask), found [{lo:.3g}, {hi:.3g}]")
@@ -349,6 +406,7 @@ def fsc_shell_counts(D: int, device=None) -> torch.Tensor:
     sh = F.shell_index(D, 3, device=device)
     n = torch.bincount(sh.flatten(), minlength=D // 2 + 1)[: D // 2]
     return n
+
 
 def randomize_phases(volume: torch.Tensor, from_px: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Real map `(D,D,D)` with the Fourier phases at `|k| ≥ from_px` (Fourier pixels) replaced by
@@ -365,8 +423,10 @@ def randomize_phases(volume: torch.Tensor, from_px: float, generator: torch.Gene
     X = torch.where(r >= from_px, X * U, X)
     return F.ifft3c(X).real.to(v.dtype)
 
-def masked_fsc(half1: torch.Tensor, half2: torch.Tensor, mask: torch.Tensor, randomize_at: float = 0.8,
-               seed: int = 0) -> dict:
+
+def masked_fsc(
+    half1: torch.Tensor, half2: torch.Tensor, mask: torch.Tensor, randomize_at: float = 0.8, seed: int = 0
+) -> dict:
     """Masked half-map FSC corrected for the mask by phase randomisation.
 
     `half1`, `half2`, `mask`: `(D,D,D)`. Returns a dict of `(D//2,)` float64 tensors `freqs`
@@ -375,15 +435,22 @@ def masked_fsc(half1: torch.Tensor, half2: torch.Tensor, mask: torch.Tensor, ran
     randomised at `|k| ≥ shell − 1` pixels). If the unmasked FSC never drops below `randomize_at`,
     no correction is needed and `corrected = masked`. Raises `InputError` on shape mismatch / NaN.
     Source: Chen et al. 2013; RELION `relion_postprocess` (correction applied beyond shell + 2)."""
-    h1 = _check_map(half1, "half1"); h2 = _check_map(half2, "half2", like=h1)
+    h1 = _check_map(half1, "half1")
+    h2 = _check_map(half2, "half2", like=h1)
     m = _check_map(mask, "mask", like=h1)
     freqs, unm = F.fsc(h1, h2)
     _, fsc_t = F.fsc(h1, h2, m)
     below = torch.nonzero(unm[1:] < randomize_at)
     n = len(unm)
     if len(below) == 0:
-        return dict(freqs=freqs, unmasked=unm, masked=fsc_t, randomized=torch.zeros_like(fsc_t),
-                    corrected=fsc_t.clone(), randomize_from_shell=n)
+        return dict(
+            freqs=freqs,
+            unmasked=unm,
+            masked=fsc_t,
+            randomized=torch.zeros_like(fsc_t),
+            corrected=fsc_t.clone(),
+            randomize_from_shell=n,
+        )
     s0 = int(below[0]) + 1
     g = torch.Generator().manual_seed(seed)
     r1 = randomize_phases(h1, s0 - 1, g)
@@ -394,13 +461,13 @@ def masked_fsc(half1: torch.Tensor, half2: torch.Tensor, mask: torch.Tensor, ran
     apply = idx > s0 + 2
     denom = (1 - fsc_n).clamp(min=1e-6)
     corr = torch.where(apply, (fsc_t - fsc_n) / denom, fsc_t)
-    return dict(freqs=freqs, unmasked=unm, masked=fsc_t, randomized=fsc_n, corrected=corr,
-                randomize_from_shell=s0)
+    return dict(freqs=freqs, unmasked=unm, masked=fsc_t, randomized=fsc_n, corrected=corr, randomize_from_shell=s0)
 
 # %% ../nbs/07_reconstruction.ipynb #22fe36b3
 def _s2_grid(D: int, apix: float, device) -> torch.Tensor:
     "`s²` (Å⁻²) on the centred `D³` grid."
     return (F.radius_grid(D, 3, device=device, dtype=torch.float64) / (D * apix)) ** 2
+
 
 def bfactor_sharpen(volume: torch.Tensor, apix: float, bfactor: float) -> torch.Tensor:
     """Multiply the map's transform by `exp(−B s²/4)` (`s` in Å⁻¹, `B` in Å²): a negative `B`
@@ -410,6 +477,7 @@ def bfactor_sharpen(volume: torch.Tensor, apix: float, bfactor: float) -> torch.
     D = v.shape[-1]
     env = torch.exp(-float(bfactor) * _s2_grid(D, apix, v.device) / 4)
     return F.ifft3c(F.fft3c(v.double()) * env).real.to(v.dtype)
+
 
 def guinier(volume: torch.Tensor, apix: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Guinier plot of a map: `s² (D//2−1,)` in Å⁻² at the centre of each integer shell
@@ -424,6 +492,7 @@ def guinier(volume: torch.Tensor, apix: float) -> tuple[torch.Tensor, torch.Tens
     k = torch.arange(1, D // 2, device=v.device, dtype=torch.float64)
     return (k / (D * apix)) ** 2, torch.log(amp.clamp(min=1e-300))
 
+
 def fit_bfactor(volume: torch.Tensor, apix: float, res_low_A: float = 10.0, res_high_A: float | None = None):
     """Automatic sharpening B-factor from the Guinier plot: fit `ln⟨|F|⟩ = a·s² + b` between
     `res_low_A` (10 Å) and `res_high_A` (default Nyquist `2·apix`) and return `(B, a, b)` with
@@ -432,10 +501,12 @@ def fit_bfactor(volume: torch.Tensor, apix: float, res_low_A: float = 10.0, res_
     Source: Rosenthal & Henderson 2003; RELION `postprocess --auto_bfac` (`--autob_lowres 10`)."""
     s2, lnf = guinier(volume, apix)
     hi = 2 * apix if res_high_A is None else max(float(res_high_A), 2 * apix)
-    sel = (s2 >= 1 / res_low_A ** 2) & (s2 <= 1 / hi ** 2)
+    sel = (s2 >= 1 / res_low_A**2) & (s2 <= 1 / hi**2)
     if int(sel.sum()) < 3:
-        raise InputError(f"fit_bfactor: fewer than 3 Guinier points between {res_low_A} Å and {hi:.2f} Å "
-                         f"(box {volume.shape[-1]}, {apix} Å/px); give a B-factor by hand")
+        raise InputError(
+            f"fit_bfactor: fewer than 3 Guinier points between {res_low_A} Å and {hi:.2f} Å "
+            f"(box {volume.shape[-1]}, {apix} Å/px); give a B-factor by hand"
+        )
     x, y = s2[sel], lnf[sel]
     A = torch.stack([x, torch.ones_like(x)], 1)
     a, b = torch.linalg.lstsq(A.cpu(), y.cpu()[:, None]).solution[:, 0].tolist()
@@ -448,8 +519,19 @@ def _expand_curve(curve: torch.Tensor, D: int, device) -> torch.Tensor:
     c = torch.cat([curve.to(device), curve.new_zeros(1).to(device)])
     return c[sh.clamp(max=len(curve))]
 
-def postprocess(half1, half2, apix: float, mask=None, bfactor: str | float = "auto", fsc_weighting: bool = True,
-                lowpass: bool = True, randomize_at: float = 0.8, autob_lowres_A: float = 10.0, seed: int = 0) -> dict:
+
+def postprocess(
+    half1,
+    half2,
+    apix: float,
+    mask=None,
+    bfactor: str | float = "auto",
+    fsc_weighting: bool = True,
+    lowpass: bool = True,
+    randomize_at: float = 0.8,
+    autob_lowres_A: float = 10.0,
+    seed: int = 0,
+) -> dict:
     """Post-process two half-maps (RELION `relion_postprocess`-like). Writes nothing.
 
     `half1`, `half2`: `(D,D,D)` maps; `apix` Å/px; `mask`: `(D,D,D)` soft mask in [0,1] or `None`;
@@ -462,19 +544,35 @@ def postprocess(half1, half2, apix: float, mask=None, bfactor: str | float = "au
     mask), `resolution_A` (0.143), `resolution_05_A`, `bfactor` (Å² applied), `bfactor_note`,
     `guinier` (`s²`, `ln|F|` of the fitted map), `randomize_from_A`, `mask`, `apix`.
     Raises `InputError` on mismatched/NaN maps or a mask of another box or with values outside [0,1]."""
-    h1 = _check_map(half1, "half1"); h2 = _check_map(half2, "half2", like=h1)
+    h1 = _check_map(half1, "half1")
+    h2 = _check_map(half2, "half2", like=h1)
     D = h1.shape[-1]
-    if apix is None or apix <= 0: raise InputError(f"postprocess: apix must be > 0 Å/px, got {apix}")
-    out = dict(apix=float(apix), mask=None, fsc_masked=None, fsc_randomized=None, fsc_corrected=None,
-               randomize_from_A=None, bfactor_note="")
+    if apix is None or apix <= 0:
+        raise InputError(f"postprocess: apix must be > 0 Å/px, got {apix}")
+    out = dict(
+        apix=float(apix),
+        mask=None,
+        fsc_masked=None,
+        fsc_randomized=None,
+        fsc_corrected=None,
+        randomize_from_A=None,
+        bfactor_note="",
+    )
     if mask is not None:
         m = _check_map(mask, "mask", like=h1)
         if float(m.min()) < -1e-3 or float(m.max()) > 1 + 1e-3:
-            raise InputError(f"postprocess: mask values must lie in [0, 1], got [{float(m.min()):.3g}, {float(m.max()):.3g}]")
+            raise InputError(
+                f"postprocess: mask values must lie in [0, 1], got [{float(m.min()):.3g}, {float(m.max()):.3g}]"
+            )
         mf = masked_fsc(h1, h2, m, randomize_at=randomize_at, seed=seed)
         freqs, curve = mf["freqs"], mf["corrected"]
-        out.update(mask=m, fsc_unmasked=mf["unmasked"], fsc_masked=mf["masked"], fsc_randomized=mf["randomized"],
-                   fsc_corrected=mf["corrected"])
+        out.update(
+            mask=m,
+            fsc_unmasked=mf["unmasked"],
+            fsc_masked=mf["masked"],
+            fsc_randomized=mf["randomized"],
+            fsc_corrected=mf["corrected"],
+        )
         s0 = mf["randomize_from_shell"]
         out["randomize_from_A"] = float(D * apix / max(s0 - 1, 1)) if s0 < len(curve) else None
     else:
@@ -495,7 +593,8 @@ def postprocess(half1, half2, apix: float, mask=None, bfactor: str | float = "au
     s2, lnf = guinier(fit_map, apix)
     out["guinier"] = (s2, lnf)
     if isinstance(bfactor, str):
-        if bfactor != "auto": raise InputError(f"postprocess: bfactor must be 'auto' or a number (Å²), got {bfactor!r}")
+        if bfactor != "auto":
+            raise InputError(f"postprocess: bfactor must be 'auto' or a number (Å²), got {bfactor!r}")
         try:
             B, _, _ = fit_bfactor(fit_map, apix, autob_lowres_A, res)
         except InputError as e:
@@ -513,7 +612,11 @@ def postprocess(half1, half2, apix: float, mask=None, bfactor: str | float = "au
     return out
 
 # %% ../nbs/07_reconstruction.ipynb #8c592982
-def _np1(x): return None if x is None else np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=float).ravel()
+def _np1(x):
+    return (
+        None if x is None else np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=float).ravel()
+    )
+
 
 def write_fsc_txt(path, freqs, curves: dict, apix: float) -> Path:
     """Write FSC curves as text: columns `shell  freq_invA  resolution_A  <name>...`.
@@ -529,22 +632,29 @@ def write_fsc_txt(path, freqs, curves: dict, apix: float) -> Path:
         np.savetxt(tmp, table, fmt=["%d"] + ["%.6g"] * (table.shape[1] - 1), delimiter="\t", header=header)
     return p
 
+
 def write_fsc_plot(path, freqs, curves: dict, apix: float, title: str = "Fourier shell correlation") -> list[Path]:
     """Write a plotly FSC plot to `path` (`.html`, self-contained) and, when `kaleido` is importable,
     the same figure as `.png` beside it (else a note on stderr). Returns the files written."""
     from cryonb.report import Report, fsc_figure
+
     fig = fsc_figure({k: (freqs, v) for k, v in curves.items() if v is not None}, apix=apix, title=title)
     p = Path(path).with_suffix(".html")
     Report(title).add_figure(fig).write(p)
     out = [p]
     try:
         import kaleido  # noqa: F401
+
         with atomic_write(p.with_suffix(".png")) as tmp:
             fig.write_image(str(tmp), format="png")
         out.append(p.with_suffix(".png"))
     except Exception as e:
-        print(f"note: no PNG written for {p.name} ({type(e).__name__}: {e}); the HTML plot has the same content", file=sys.stderr)
+        print(
+            f"note: no PNG written for {p.name} ({type(e).__name__}: {e}); the HTML plot has the same content",
+            file=sys.stderr,
+        )
     return out
+
 
 def write_postprocess(result: dict, outdir, prefix: str = "postprocess", origin=None) -> dict:
     """Save a `postprocess` result in `outdir`: `<prefix>.mrc` (sharpened), `<prefix>_masked.mrc`
@@ -552,17 +662,29 @@ def write_postprocess(result: dict, outdir, prefix: str = "postprocess", origin=
     `<prefix>.json` (resolution, B-factor, settings), each written atomically. `origin`: the `(x,y,z)`
     Å position of voxel 0 — pass the half-maps' so the output keeps their frame (default: box centre
     at 0 Å). Returns `{kind: path}`."""
-    d = Path(outdir); d.mkdir(parents=True, exist_ok=True)
+    d = Path(outdir)
+    d.mkdir(parents=True, exist_ok=True)
     apix = result["apix"]
     paths = dict(map=write_map(d / f"{prefix}.mrc", result["map"], apix, origin=origin))
     if result.get("map_masked") is not None:
         paths["map_masked"] = write_map(d / f"{prefix}_masked.mrc", result["map_masked"], apix, origin=origin)
-    curves = {"corrected": result.get("fsc_corrected"), "unmasked": result.get("fsc_unmasked"),
-              "masked": result.get("fsc_masked"), "phase-randomised": result.get("fsc_randomized")}
+    curves = {
+        "corrected": result.get("fsc_corrected"),
+        "unmasked": result.get("fsc_unmasked"),
+        "masked": result.get("fsc_masked"),
+        "phase-randomised": result.get("fsc_randomized"),
+    }
     paths["fsc_txt"] = write_fsc_txt(d / f"{prefix}_fsc.txt", result["freqs"], curves, apix)
-    paths["fsc_plot"] = write_fsc_plot(d / f"{prefix}_fsc.html", result["freqs"], curves, apix,
-                                       title=f"Half-map FSC: {result['resolution_A']:.2f} Å at 0.143")[0]
-    summary = {k: result[k] for k in ("resolution_A", "resolution_05_A", "bfactor", "bfactor_note", "randomize_from_A", "apix")}
+    paths["fsc_plot"] = write_fsc_plot(
+        d / f"{prefix}_fsc.html",
+        result["freqs"],
+        curves,
+        apix,
+        title=f"Half-map FSC: {result['resolution_A']:.2f} Å at 0.143",
+    )[0]
+    summary = {
+        k: result[k] for k in ("resolution_A", "resolution_05_A", "bfactor", "bfactor_note", "randomize_from_A", "apix")
+    }
     summary["masked"] = result.get("mask") is not None
     paths["json"] = d / f"{prefix}.json"
     with atomic_write(paths["json"]) as tmp:
@@ -574,17 +696,21 @@ def _auto_oversampling(n_particles: int, D: int) -> int:
     "Padding factor for `n_particles` (both halves) at box `D`: 2 if each half has ≥ 2·D particles, else 1."
     return 2 if n_particles // 2 >= 2 * D else 1
 
+
 def _save_checkpoint(path, rec: Reconstructor, done: int, key: dict) -> None:
     "Write the accumulated Fourier sums after `done` images, atomically (a kill leaves the previous checkpoint)."
-    state = dict(key=key, done=int(done), num=rec._num.cpu(), wts=rec._wts.cpu(), counts=list(rec.counts),
-                 seen=int(rec._seen))
+    state = dict(
+        key=key, done=int(done), num=rec._num.cpu(), wts=rec._wts.cpu(), counts=list(rec.counts), seen=int(rec._seen)
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         torch.save(state, tmp)
 
+
 def _load_checkpoint(path, rec: Reconstructor, key: dict) -> int:
     "Restore the sums of a checkpoint made with the same `key` (data, poses, settings); returns the images done."
     from cryonb.io import load_checkpoint
+
     state = load_checkpoint(path, key=key, what="reconstruction checkpoint (particles, box, half-sets or settings)")
     rec._num.copy_(state["num"])
     rec._wts.copy_(state["wts"])
@@ -593,10 +719,21 @@ def _load_checkpoint(path, rec: Reconstructor, key: dict) -> int:
     return int(state["done"])
 
 # %% ../nbs/07_reconstruction.ipynb #209b935d
-def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = "auto", seed: int = 0,
-                        ctf: bool = True, oversampling: int | str = "auto", regularization="fsc", n_iter: int = 2,
-                        invert: bool = False, progress: bool = False, checkpoint=None,
-                        checkpoint_every: int = 10_000) -> dict:
+def reconstruct_dataset(
+    ds,
+    batch_size: int = 256,
+    device=None,
+    halfsets: str = "auto",
+    seed: int = 0,
+    ctf: bool = True,
+    oversampling: int | str = "auto",
+    regularization="fsc",
+    n_iter: int = 2,
+    invert: bool = False,
+    progress: bool = False,
+    checkpoint=None,
+    checkpoint_every: int = 10_000,
+) -> dict:
     """Reconstruct a map and half-maps from a `ParticleDataset` (`ds.rotations` needed; CTF and shifts used
     when present and `ctf=True`).
 
@@ -613,40 +750,61 @@ def reconstruct_dataset(ds, batch_size: int = 256, device=None, halfsets: str = 
     complete (with any temporary copy a kill left during a save). Returns `Reconstructor.finalize`'s dict plus `oversampling` and `halfsets`. Raises
     `InputError` without poses, with a pixel size unknown, an odd box, or a checkpoint of another run."""
     if getattr(ds, "rotations", None) is None:
-        raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: no poses; give a pose file (--poses) or a STAR with angles")
+        raise InputError(
+            f"{getattr(ds.meta, 'source', 'dataset')}: no poses; give a pose file (--poses) or a STAR with angles"
+        )
     if not ds.apix:
-        raise InputError(f"{getattr(ds.meta, 'source', 'dataset')}: the pixel size is unknown; pass apix (--apix/--angpix)")
+        raise InputError(
+            f"{getattr(ds.meta, 'source', 'dataset')}: the pixel size is unknown; pass apix (--apix/--angpix)"
+        )
     n = len(ds)
-    if n < 2: raise InputError(f"reconstruct_dataset: need at least 2 particles, got {n}")
+    if n < 2:
+        raise InputError(f"reconstruct_dataset: need at least 2 particles, got {n}")
     ov = _auto_oversampling(n, ds.D) if oversampling == "auto" else int(oversampling)
     from cryonb.data import halfsets as _halfsets, batch_to
+
     hs, how = _halfsets(ds, halfsets, seed)
     dev = get_device(device)
     rec = Reconstructor(ds.D, ds.apix, oversampling=ov, device=dev)
     done = 0
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        key = dict(n=n, D=int(ds.D), apix=float(ds.apix), oversampling=ov, batch_size=int(batch_size),
-                   halfsets=hs.tolist(), ctf=bool(ctf), invert=bool(invert), device=dev.type,
-                   rotations_sum=float(ds.rotations.double().sum()))
-        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp*"):   # a kill during a checkpoint write
+        key = dict(
+            n=n,
+            D=int(ds.D),
+            apix=float(ds.apix),
+            oversampling=ov,
+            batch_size=int(batch_size),
+            halfsets=hs.tolist(),
+            ctf=bool(ctf),
+            invert=bool(invert),
+            device=dev.type,
+            rotations_sum=float(ds.rotations.double().sum()),
+        )
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp*"):  # a kill during a checkpoint write
             stale.unlink(missing_ok=True)
-        if checkpoint.exists(): done = _load_checkpoint(checkpoint, rec, key)
+        if checkpoint.exists():
+            done = _load_checkpoint(checkpoint, rec, key)
     every = max(1, -(-int(checkpoint_every) // batch_size)) * batch_size
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=n, initial=done, desc="back-projecting", unit="image")
     for start in range(done, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         b = batch_to(ds.get_batch(idx), dev)
         x = -b["images"] if invert else b["images"]
         rec.add(x, b["rotations"], b.get("shifts"), b.get("ctf") if ctf else None, hs[idx].to(dev))
-        if bar is not None: bar.update(len(idx))
+        if bar is not None:
+            bar.update(len(idx))
         end = int(idx[-1]) + 1
-        if checkpoint is not None and end < n and end % every == 0: _save_checkpoint(checkpoint, rec, end, key)
-    if bar is not None: bar.close()
+        if checkpoint is not None and end < n and end % every == 0:
+            _save_checkpoint(checkpoint, rec, end, key)
+    if bar is not None:
+        bar.close()
     out = rec.finalize(regularization, n_iter=n_iter)
-    if checkpoint is not None: checkpoint.unlink(missing_ok=True)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     out.update(oversampling=ov, halfsets=how)
     return out

@@ -22,13 +22,18 @@ def read_cs(path) -> np.ndarray:
     Raises `FileNotFoundError` if absent, `CryoFormatError` if it is not a structured `.npy` array
     (files holding Python objects are refused: `allow_pickle=False`)."""
     path = str(path)
-    if not os.path.exists(path): raise FileNotFoundError(f"{path}: no such cryoSPARC .cs file")
-    try: arr = np.load(path, allow_pickle=False)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such cryoSPARC .cs file")
+    try:
+        arr = np.load(path, allow_pickle=False)
     except Exception as e:
         raise CryoFormatError(f"{path}: not a cryoSPARC .cs (NumPy structured array) file ({e})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.names is None or arr.ndim != 1:
-        raise CryoFormatError(f"{path}: expected a 1-D NumPy structured array (cryoSPARC .cs); got {type(arr).__name__}")
+        raise CryoFormatError(
+            f"{path}: expected a 1-D NumPy structured array (cryoSPARC .cs); got {type(arr).__name__}"
+        )
     return arr
+
 
 def _is_utf8(b: bytes) -> bool:
     try:

@@ -21,23 +21,30 @@ class CryoFormatError(InputError):
     """A file exists but its content is not what cryonb expects (message names file, field, expectation).
     Every io format error derives from it, and it derives from `core.InputError`, the one root of bad input."""
 
+
 class StackNotFoundError(FileNotFoundError):
     "An image stack named in a STAR/.cs/.txt file resolves nowhere; the message lists every path tried."
+
 
 class TruncatedFileError(CryoFormatError):
     "An MRC file holds fewer data bytes than its header announces."
 
+
 class MissingColumnError(CryoFormatError):
     "A STAR/.cs table lacks a column that the requested quantity needs."
+
 
 class ImageIndexError(CryoFormatError, IndexError):
     "An image index points past the end of its stack."
 
+
 class NonSquareImageError(CryoFormatError):
     "Images are not square (cryonb needs D×D images)."
 
+
 class UnsafePickleError(CryoFormatError):
     "A `.pkl` holds something other than arrays, tuples, lists, dicts and scalars."
+
 
 class NonFiniteImageError(CryoFormatError):
     "Images contain NaN or Inf values; the message lists the offending particle indices."

@@ -20,18 +20,21 @@ __all__ = ['MRCHeader', 'read_mrc_header', 'read_stack', 'read_map', 'as_numpy',
 @dataclass
 class MRCHeader:
     "What cryonb needs from an MRC header. `shape` is `(nz, ny, nx)`; `apix` is None when the header says 0."
+
     path: str
     shape: tuple
     dtype: np.dtype
     offset: int
     apix: float | None
-    voxel_size: tuple          # (x, y, z) Å, zeros when missing
-    origin: tuple              # (x, y, z) Å
+    voxel_size: tuple  # (x, y, z) Å, zeros when missing
+    origin: tuple  # (x, y, z) Å
     ispg: int
-    axis_order: tuple          # (mapc, mapr, maps)
+    axis_order: tuple  # (mapc, mapr, maps)
 
     @property
-    def n_sections(self) -> int: return int(self.shape[0])
+    def n_sections(self) -> int:
+        return int(self.shape[0])
+
 
 def read_mrc_header(path, check_size: bool = True) -> MRCHeader:
     """Read the header of an MRC/MRCS file (no data).
@@ -43,23 +46,29 @@ def read_mrc_header(path, check_size: bool = True) -> MRCHeader:
     `TruncatedFileError` if the data block is shorter than `nx·ny·nz·itemsize` (when `check_size`)."""
     import mrcfile
     from mrcfile.utils import data_dtype_from_header
+
     path = str(path)
-    if not os.path.exists(path): raise FileNotFoundError(f"{path}: no such MRC file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such MRC file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mrcfile.open(path, header_only=True, permissive=True) as m:
-                h = m.header.copy(); vs = m.voxel_size
+                h = m.header.copy()
+                vs = m.voxel_size
     except Exception as e:
         raise CryoFormatError(f"{path}: not a readable MRC file ({e})") from None
-    if h is None: raise CryoFormatError(f"{path}: not an MRC file (header shorter than 1024 bytes)")
+    if h is None:
+        raise CryoFormatError(f"{path}: not an MRC file (header shorter than 1024 bytes)")
     nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
     if min(nx, ny, nz) <= 0 or max(nx, ny, nz) > 10**6:
         raise CryoFormatError(f"{path}: MRC header dimensions nx,ny,nz = {nx},{ny},{nz}; expected positive sizes")
-    try: dtype = data_dtype_from_header(h)
+    try:
+        dtype = data_dtype_from_header(h)
     except ValueError:
         raise CryoFormatError(f"{path}: MRC mode {int(h.mode)} is not supported (expected 0, 1, 2, 6 or 12)") from None
-    if dtype.kind == "c": raise CryoFormatError(f"{path}: MRC mode {int(h.mode)} holds complex data; expected real images/maps")
+    if dtype.kind == "c":
+        raise CryoFormatError(f"{path}: MRC mode {int(h.mode)} holds complex data; expected real images/maps")
     offset = 1024 + int(h.nsymbt)
     if check_size:
         expected = offset + nx * ny * nz * dtype.itemsize
@@ -69,14 +78,16 @@ def read_mrc_header(path, check_size: bool = True) -> MRCHeader:
             raise TruncatedFileError(
                 f"{path}: truncated MRC file: the header says nz={nz} sections of {ny}×{nx} {dtype.name} "
                 f"({expected} bytes with the header) but the file has {actual} bytes "
-                f"({whole} complete sections)")
+                f"({whole} complete sections)"
+            )
     vsz = (float(vs.x), float(vs.y), float(vs.z))
     apix = vsz[0] if np.isfinite(vsz[0]) and vsz[0] > 0 else None
     origin = (float(h.origin.x), float(h.origin.y), float(h.origin.z))
     if origin == (0.0, 0.0, 0.0) and apix is not None and (int(h.nxstart), int(h.nystart), int(h.nzstart)) != (0, 0, 0):
-        origin = (int(h.nxstart) * apix, int(h.nystart) * apix, int(h.nzstart) * apix)   # pre-2014 convention
-    return MRCHeader(path, (nz, ny, nx), dtype, offset, apix, vsz, origin, int(h.ispg),
-                     (int(h.mapc), int(h.mapr), int(h.maps)))
+        origin = (int(h.nxstart) * apix, int(h.nystart) * apix, int(h.nzstart) * apix)  # pre-2014 convention
+    return MRCHeader(
+        path, (nz, ny, nx), dtype, offset, apix, vsz, origin, int(h.ispg), (int(h.mapc), int(h.mapr), int(h.maps))
+    )
 
 # %% ../../nbs/03b_io_mrc.ipynb #92556c97
 def read_stack(path, mmap: bool = True, require_square: bool = True):
@@ -91,8 +102,10 @@ def read_stack(path, mmap: bool = True, require_square: bool = True):
     if require_square and ny != nx:
         raise NonSquareImageError(f"{path}: images are {ny}×{nx} (rows×columns); cryonb expects square D×D images")
     arr = np.memmap(str(path), dtype=h.dtype, mode="r", offset=h.offset, shape=(nz, ny, nx))
-    if not mmap: arr = np.array(arr, dtype=np.float32)
+    if not mmap:
+        arr = np.array(arr, dtype=np.float32)
     return arr, h.apix
+
 
 def read_map(path, return_origin: bool = False, require_cubic: bool = True):
     """Read a 3-D map from an MRC file.
@@ -103,7 +116,8 @@ def read_map(path, return_origin: bool = False, require_cubic: bool = True):
     `(x, y, z)` position in Å of voxel `[0, 0, 0]`. Raises `CryoFormatError` if the file holds a
     single image or (with `require_cubic`) a non-cubic box, `TruncatedFileError` if short."""
     h = read_mrc_header(path)
-    if h.shape[0] == 1: raise CryoFormatError(f"{path}: holds a single 2-D image ({h.shape[1]}×{h.shape[2]}); expected a 3-D map")
+    if h.shape[0] == 1:
+        raise CryoFormatError(f"{path}: holds a single 2-D image ({h.shape[1]}×{h.shape[2]}); expected a 3-D map")
     data = np.fromfile(str(path), dtype=h.dtype, count=int(np.prod(h.shape)), offset=h.offset).reshape(h.shape)
     order = h.axis_order
     if sorted(order) == [1, 2, 3] and order != (1, 2, 3):
@@ -117,8 +131,10 @@ def read_map(path, return_origin: bool = False, require_cubic: bool = True):
 
 # %% ../../nbs/03b_io_mrc.ipynb #5ee20965
 def as_numpy(x):
-    if isinstance(x, torch.Tensor): return x.detach().cpu().numpy()
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
     return np.asarray(x)
+
 
 def write_map(path, data, apix: float | None, origin=None, overwrite: bool = True):
     """Write a 3-D map `(D, D, D)` (`[z, y, x]`, tensor or array) as float32 MRC.
@@ -128,11 +144,15 @@ def write_map(path, data, apix: float | None, origin=None, overwrite: bool = Tru
     centre (voxel `D//2`) at 0 Å (as RELION/ChimeraX expect for centred maps). Written atomically
     (`core.atomic_write`). Raises `CryoFormatError` if `data` is not 3-D."""
     import mrcfile
+
     data = np.ascontiguousarray(as_numpy(data), dtype=np.float32)
-    if data.ndim != 3: raise CryoFormatError(f"{path}: write_map needs a 3-D array (z,y,x); got shape {data.shape}")
+    if data.ndim != 3:
+        raise CryoFormatError(f"{path}: write_map needs a 3-D array (z,y,x); got shape {data.shape}")
     a = float(apix) if apix else 0.0
-    if origin is None: origin = tuple(-(s // 2) * a for s in data.shape[::-1])
-    if not overwrite and Path(path).exists(): raise FileExistsError(f"{path}: exists (overwrite=False)")
+    if origin is None:
+        origin = tuple(-(s // 2) * a for s in data.shape[::-1])
+    if not overwrite and Path(path).exists():
+        raise FileExistsError(f"{path}: exists (overwrite=False)")
     with atomic_write(path) as tmp:
         with mrcfile.new(str(tmp), overwrite=True) as m:
             m.set_data(data)
@@ -150,46 +170,65 @@ class StackWriter:
     in the same folder onto `path`: a stack that fails half-way (an exception in the `with` block,
     a full disk) leaves no file claiming images it does not hold. Raises `NonSquareImageError` on non-square
     images and `CryoFormatError` when a chunk's box differs from the first chunk's."""
+
     def __init__(self, path, apix: float | None = None):
         self.path, self.apix = str(path), (float(apix) if apix else None)
         self.n, self.D = 0, None
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{Path(self.path).name}.", suffix=".tmp.mrcs", dir=Path(self.path).parent)
+        fd, self._tmp = tempfile.mkstemp(
+            prefix=f".{Path(self.path).name}.", suffix=".tmp.mrcs", dir=Path(self.path).parent
+        )
         self._f = os.fdopen(fd, "wb")
         self._f.write(b"\0" * 1024)
         self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
 
     def append(self, images):
         x = np.ascontiguousarray(as_numpy(images), dtype=np.float32)
-        if x.ndim == 2: x = x[None]
+        if x.ndim == 2:
+            x = x[None]
         if x.ndim != 3 or x.shape[-1] != x.shape[-2]:
             raise NonSquareImageError(f"{self.path}: StackWriter.append needs (B,D,D) square images; got {x.shape}")
-        if self.D is None: self.D = x.shape[-1]
+        if self.D is None:
+            self.D = x.shape[-1]
         elif x.shape[-1] != self.D:
             raise CryoFormatError(f"{self.path}: chunk box {x.shape[-1]} differs from the stack's D={self.D}")
-        if len(x) == 0: return self
+        if len(x) == 0:
+            return self
         self._f.write(x.tobytes())
         self.n += len(x)
-        with np.errstate(invalid="ignore", over="ignore"):     # NaN/Inf images still get written
-            self._min = min(self._min, float(x.min())); self._max = max(self._max, float(x.max()))
-            self._sum += float(x.sum(dtype=np.float64)); self._sumsq += float(np.square(x).sum(dtype=np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf images still get written
+            self._min = min(self._min, float(x.min()))
+            self._max = max(self._max, float(x.max()))
+            self._sum += float(x.sum(dtype=np.float64))
+            self._sumsq += float(np.square(x).sum(dtype=np.float64))
         return self
 
     def close(self):
-        if self._f is None: return
+        if self._f is None:
+            return
         from mrcfile.dtypes import HEADER_DTYPE
         from mrcfile.utils import machine_stamp_from_byte_order
-        D, n, a = self.D or 0, self.n, self.apix or 0.0     # no pixel size: 0 in the header, never 1 Å
+
+        D, n, a = self.D or 0, self.n, self.apix or 0.0  # no pixel size: 0 in the header, never 1 Å
         h = np.zeros((), dtype=HEADER_DTYPE).view(np.recarray)
-        h.nx = h.ny = h.mx = h.my = D; h.nz = n; h.mz = 1; h.mode = 2
-        h.cella.x = h.cella.y = D * a; h.cella.z = a
+        h.nx = h.ny = h.mx = h.my = D
+        h.nz = n
+        h.mz = 1
+        h.mode = 2
+        h.cella.x = h.cella.y = D * a
+        h.cella.z = a
         h.cellb.alpha = h.cellb.beta = h.cellb.gamma = 90.0
-        h.mapc, h.mapr, h.maps = 1, 2, 3; h.ispg = 0; h.nsymbt = 0; h.nversion = 20141
-        h.map = b"MAP "; h.machst = machine_stamp_from_byte_order("<")
+        h.mapc, h.mapr, h.maps = 1, 2, 3
+        h.ispg = 0
+        h.nsymbt = 0
+        h.nversion = 20141
+        h.map = b"MAP "
+        h.machst = machine_stamp_from_byte_order("<")
         npx = max(1, n * D * D)
         mean = self._sum / npx
         h.dmin, h.dmax = (self._min, self._max) if n else (0, -1)
-        h.dmean = mean; h.rms = np.sqrt(max(self._sumsq / npx - mean * mean, 0.0))
+        h.dmean = mean
+        h.rms = np.sqrt(max(self._sumsq / npx - mean * mean, 0.0))
         self._f.seek(0)
         self._f.write(h.tobytes())
         self._f.flush()
@@ -201,20 +240,30 @@ class StackWriter:
 
     def abort(self):
         "Drop the partial stack: nothing is left at `path` (an existing file there is untouched)."
-        if self._f is None: return
+        if self._f is None:
+            return
         self._f.close()
         self._f = None
         Path(self._tmp).unlink(missing_ok=True)
 
-    def __enter__(self): return self
+    def __enter__(self):
+        return self
+
     def __exit__(self, exc_type, *exc):
-        if exc_type is None: self.close()
-        else: self.abort()
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
     def __del__(self):
-        try: self.abort()
-        except Exception: pass
+        try:
+            self.abort()
+        except Exception:
+            pass
+
 
 def write_stack(path, images, apix: float | None = None):
     "Write `(N, D, D)` images (array or tensor) as a float32 `.mrcs` stack with pixel size `apix` Å."
-    with StackWriter(path, apix) as w: w.append(images)
+    with StackWriter(path, apix) as w:
+        w.append(images)
     return Path(path)

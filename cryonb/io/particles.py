@@ -37,42 +37,70 @@ def _numeric(values, path, field: str) -> np.ndarray:
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
         more = f" … ({len(rows)} rows)" if len(rows) > 10 else ""
-        raise CryoFormatError(f"{path}: field {field} holds text, NaN or Inf in rows {rows[:10].tolist()}{more}; "
-                              "expected finite numbers")
+        raise CryoFormatError(
+            f"{path}: field {field} holds text, NaN or Inf in rows {rows[:10].tolist()}{more}; expected finite numbers"
+        )
     return x
 
 # %% ../../nbs/03f_io_particles.ipynb #38247f76
-_CTF_FIELDS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast",
-               "phase_shift", "bfactor", "scale")
+_CTF_FIELDS = (
+    "defocus_u",
+    "defocus_v",
+    "defocus_angle",
+    "voltage",
+    "cs",
+    "amplitude_contrast",
+    "phase_shift",
+    "bfactor",
+    "scale",
+)
 _CTF_REQUIRED = _CTF_FIELDS[:6]
-_STAR_CTF = {"defocus_u": "rlnDefocusU", "defocus_v": "rlnDefocusV", "defocus_angle": "rlnDefocusAngle",
-             "voltage": "rlnVoltage", "cs": "rlnSphericalAberration", "amplitude_contrast": "rlnAmplitudeContrast",
-             "phase_shift": "rlnPhaseShift", "bfactor": "rlnCtfBfactor", "scale": "rlnCtfScalefactor"}
+_STAR_CTF = {
+    "defocus_u": "rlnDefocusU",
+    "defocus_v": "rlnDefocusV",
+    "defocus_angle": "rlnDefocusAngle",
+    "voltage": "rlnVoltage",
+    "cs": "rlnSphericalAberration",
+    "amplitude_contrast": "rlnAmplitudeContrast",
+    "phase_shift": "rlnPhaseShift",
+    "bfactor": "rlnCtfBfactor",
+    "scale": "rlnCtfScalefactor",
+}
 _CTF_DEFAULTS = {"phase_shift": 0.0, "bfactor": 0.0, "scale": 1.0}
+
 
 def _euler_to_matrix_np(ang_deg: np.ndarray) -> np.ndarray:
     "RELION ZYZ Euler (rot, tilt, psi) in degrees `(N,3)` -> `A (N,3,3)` float64 (`cryonb.geometry.euler_to_matrix`)."
     from cryonb.geometry import euler_to_matrix
+
     return euler_to_matrix(torch.as_tensor(np.asarray(ang_deg), dtype=torch.float64)).numpy()
+
 
 def _cryosparc_to_matrix_np(rotvec: np.ndarray) -> np.ndarray:
     "cryoSPARC rotation vectors `(N,3)` -> RELION `A = expmap(v)ᵀ (N,3,3)` float64 (`cryonb.geometry.cryosparc_pose_to_matrix`)."
     from cryonb.geometry import cryosparc_pose_to_matrix
+
     return cryosparc_pose_to_matrix(torch.as_tensor(np.asarray(rotvec), dtype=torch.float64)).numpy()
+
 
 def _single(values, what, path):
     "The one box size in `values`, or None (with a warning) when particles disagree."
-    if values is None: return None
+    if values is None:
+        return None
     u = np.unique(_numeric(values, path, what))
     if (u < 1).any() or (u != np.round(u)).any():
         raise CryoFormatError(f"{path}: field {what} holds {u.tolist()[:6]}; expected a positive whole box size")
     if len(u) > 1:
-        warnings.warn(f"{path}: {what} differs between particles ({u.tolist()[:6]}); the box size is taken from the stacks")
+        warnings.warn(
+            f"{path}: {what} differs between particles ({u.tolist()[:6]}); the box size is taken from the stacks"
+        )
         return None
     return int(u[0])
 
 # %% ../../nbs/03f_io_particles.ipynb #9bb57adc
-def star_fields(particles: pd.DataFrame, optics: pd.DataFrame | None, path="STAR file", apix: float | None = None) -> dict:
+def star_fields(
+    particles: pd.DataFrame, optics: pd.DataFrame | None, path="STAR file", apix: float | None = None
+) -> dict:
     """Per-particle quantities from a RELION table (3.0 or 3.1+ with optics, joined without reordering).
 
     Returns a dict of NumPy arrays: `rot (N,3,3)` RELION `A` or None; `shift_px (N,2)` and
@@ -85,30 +113,41 @@ def star_fields(particles: pd.DataFrame, optics: pd.DataFrame | None, path="STAR
     n, miss = len(particles), []
     g = lambda c: join_optics(particles, optics, c, path)
     # pixel size
-    if apix: ap = np.full(n, float(apix))
+    if apix:
+        ap = np.full(n, float(apix))
     else:
         ap = g("rlnImagePixelSize")
-        if ap is None: ap = g("rlnPixelSize")
+        if ap is None:
+            ap = g("rlnPixelSize")
         if ap is None:
             det, mag = g("rlnDetectorPixelSize"), g("rlnMagnification")
             ap = None if det is None or mag is None else det.astype(np.float64) * 1e4 / mag.astype(np.float64)
-        if ap is not None: ap = _numeric(ap, path, "pixel size")
-        else: miss.append("pixel size (rlnImagePixelSize or rlnDetectorPixelSize+rlnMagnification)")
+        if ap is not None:
+            ap = _numeric(ap, path, "pixel size")
+        else:
+            miss.append("pixel size (rlnImagePixelSize or rlnDetectorPixelSize+rlnMagnification)")
     D = _single(g("rlnImageSize"), "rlnImageSize", path)
     # rotations
     names = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
     angs = [g(c) for c in names]
-    if all(a is None for a in angs): rot = None; miss.append("Euler angles (rlnAngleRot/Tilt/Psi)")
+    if all(a is None for a in angs):
+        rot = None
+        miss.append("Euler angles (rlnAngleRot/Tilt/Psi)")
     elif any(a is None for a in angs):
-        raise MissingColumnError(f"{path}: has {[c for c, a in zip(names, angs) if a is not None]} but lacks "
-                                 f"{[c for c, a in zip(names, angs) if a is None]}; expected all three Euler angles")
-    else: rot = _euler_to_matrix_np(np.stack([_numeric(a, path, c) for a, c in zip(angs, names)], -1))
+        raise MissingColumnError(
+            f"{path}: has {[c for c, a in zip(names, angs) if a is not None]} but lacks "
+            f"{[c for c, a in zip(names, angs) if a is None]}; expected all three Euler angles"
+        )
+    else:
+        rot = _euler_to_matrix_np(np.stack([_numeric(a, path, c) for a, c in zip(angs, names)], -1))
     # origins
     ox, oy = g("rlnOriginXAngst"), g("rlnOriginYAngst")
     px, py = g("rlnOriginX"), g("rlnOriginY")
     if (ox is None) != (oy is None) or (px is None) != (py is None):
-        raise MissingColumnError(f"{path}: an origin column is present without its partner; expected both X and Y "
-                                 "(rlnOriginXAngst/rlnOriginYAngst or rlnOriginX/rlnOriginY)")
+        raise MissingColumnError(
+            f"{path}: an origin column is present without its partner; expected both X and Y "
+            "(rlnOriginXAngst/rlnOriginYAngst or rlnOriginX/rlnOriginY)"
+        )
     if ox is not None:
         shift_A = np.stack([_numeric(ox, path, "rlnOriginXAngst"), _numeric(oy, path, "rlnOriginYAngst")], -1)
         shift_px = None if ap is None else shift_A / ap[:, None]
@@ -116,24 +155,29 @@ def star_fields(particles: pd.DataFrame, optics: pd.DataFrame | None, path="STAR
         shift_px = np.stack([_numeric(px, path, "rlnOriginX"), _numeric(py, path, "rlnOriginY")], -1)
         shift_A = None if ap is None else shift_px * ap[:, None]
     else:
-        shift_px, shift_A = np.zeros((n, 2)), np.zeros((n, 2)); miss.append("origins (rlnOriginX/YAngst)")
+        shift_px, shift_A = np.zeros((n, 2)), np.zeros((n, 2))
+        miss.append("origins (rlnOriginX/YAngst)")
     # CTF
     ctf = {}
     for k, c in _STAR_CTF.items():
         v = g(c)
         if v is None:
-            if k in _CTF_DEFAULTS: v = np.full(n, _CTF_DEFAULTS[k])
+            if k in _CTF_DEFAULTS:
+                v = np.full(n, _CTF_DEFAULTS[k])
             miss.append(c)
         ctf[k] = None if v is None else _numeric(v, path, c)
     # half-set
     hs = g("rlnRandomSubset")
-    if hs is not None: hs = np.where(hs == 1, 0, np.where(hs == 2, 1, -1)).astype(np.int64)
-    else: miss.append("rlnRandomSubset")
+    if hs is not None:
+        hs = np.where(hs == 1, 0, np.where(hs == 2, 1, -1)).astype(np.int64)
+    else:
+        miss.append("rlnRandomSubset")
     return dict(rot=rot, shift_px=shift_px, shift_A=shift_A, apix=ap, D=D, ctf=ctf, halfset=hs, missing=miss)
 
 # %% ../../nbs/03f_io_particles.ipynb #b8ff8108
-def cs_fields(cs: np.ndarray, path="cs file", apix: float | None = None, abinit: bool = False,
-              hetrefine: bool = False) -> dict:
+def cs_fields(
+    cs: np.ndarray, path="cs file", apix: float | None = None, abinit: bool = False, hetrefine: bool = False
+) -> dict:
     """Per-particle quantities from a cryoSPARC structured array (same keys as `star_fields`).
 
     Rotations `A = expmap(v)ᵀ` from `alignments3D/pose` (`alignments_class_0` with `abinit`);
@@ -144,33 +188,51 @@ def cs_fields(cs: np.ndarray, path="cs file", apix: float | None = None, abinit:
     `NonSquareImageError` if `blob/shape` is not square."""
     names, n, miss = cs.dtype.names, len(cs), []
     has = lambda f: f in names
-    if apix: ap = np.full(n, float(apix))
-    elif has("blob/psize_A"): ap = _numeric(cs["blob/psize_A"], path, "blob/psize_A")
-    else: ap = None; miss.append("blob/psize_A")
+    if apix:
+        ap = np.full(n, float(apix))
+    elif has("blob/psize_A"):
+        ap = _numeric(cs["blob/psize_A"], path, "blob/psize_A")
+    else:
+        ap = None
+        miss.append("blob/psize_A")
     D = None
     if has("blob/shape"):
         shp = np.asarray(cs["blob/shape"]).reshape(n, -1)
         if (shp[:, 0] != shp[:, -1]).any():
             raise NonSquareImageError(f"{path}: blob/shape {shp[0].tolist()} is not square; cryonb expects D×D images")
         D = _single(shp[:, 0], "blob/shape", path)
-    else: miss.append("blob/shape")
+    else:
+        miss.append("blob/shape")
     pre = "alignments_class_0" if abinit else "alignments3D"
     if has(f"{pre}/pose"):
         rot = _cryosparc_to_matrix_np(_numeric(cs[f"{pre}/pose"], path, f"{pre}/pose"))
-        if not has(f"{pre}/shift"): raise MissingColumnError(f"{path}: {pre}/pose present but {pre}/shift missing")
+        if not has(f"{pre}/shift"):
+            raise MissingColumnError(f"{path}: {pre}/pose present but {pre}/shift missing")
         shift_px = _numeric(cs[f"{pre}/shift"], path, f"{pre}/shift") * (2.0 if hetrefine else 1.0)
     else:
-        if abinit: raise MissingColumnError(f"{path}: --abinit asks for alignments_class_0/pose, which this file lacks")
-        rot = None; shift_px = np.zeros((n, 2)); miss.append(f"{pre}/pose, {pre}/shift")
+        if abinit:
+            raise MissingColumnError(f"{path}: --abinit asks for alignments_class_0/pose, which this file lacks")
+        rot = None
+        shift_px = np.zeros((n, 2))
+        miss.append(f"{pre}/pose, {pre}/shift")
     shift_A = None if ap is None else shift_px * ap[:, None]
-    cmap = {"defocus_u": ("ctf/df1_A", 1.0), "defocus_v": ("ctf/df2_A", 1.0),
-            "defocus_angle": ("ctf/df_angle_rad", 180 / np.pi), "voltage": ("ctf/accel_kv", 1.0),
-            "cs": ("ctf/cs_mm", 1.0), "amplitude_contrast": ("ctf/amp_contrast", 1.0),
-            "phase_shift": ("ctf/phase_shift_rad", 180 / np.pi), "scale": ("ctf/scale", 1.0)}
+    cmap = {
+        "defocus_u": ("ctf/df1_A", 1.0),
+        "defocus_v": ("ctf/df2_A", 1.0),
+        "defocus_angle": ("ctf/df_angle_rad", 180 / np.pi),
+        "voltage": ("ctf/accel_kv", 1.0),
+        "cs": ("ctf/cs_mm", 1.0),
+        "amplitude_contrast": ("ctf/amp_contrast", 1.0),
+        "phase_shift": ("ctf/phase_shift_rad", 180 / np.pi),
+        "scale": ("ctf/scale", 1.0),
+    }
     ctf = {}
     for k, (f, s) in cmap.items():
-        if has(f): ctf[k] = _numeric(cs[f], path, f) * s
-        else: ctf[k] = np.full(n, _CTF_DEFAULTS[k]) if k in _CTF_DEFAULTS else None; miss.append(f)
+        if has(f):
+            ctf[k] = _numeric(cs[f], path, f) * s
+        else:
+            ctf[k] = np.full(n, _CTF_DEFAULTS[k]) if k in _CTF_DEFAULTS else None
+            miss.append(f)
     ctf["bfactor"] = np.zeros(n)
     hs = np.asarray(cs["alignments3D/split"], np.int64) if has("alignments3D/split") else None
     return dict(rot=rot, shift_px=shift_px, shift_A=shift_A, apix=ap, D=D, ctf=ctf, halfset=hs, missing=miss)
@@ -189,6 +251,7 @@ class ParticleMetadata:
     `image_index (N,)` 0-based slice in the stack; `indices (N,)` rows of the source file;
     `table`/`optics` the source STAR tables (rows selected) or `cs` the source structured array;
     `missing` names the fields the input lacked."""
+
     source: str
     kind: str
     D: int | None
@@ -209,24 +272,36 @@ class ParticleMetadata:
     missing: list = field(default_factory=list)
     images_found: bool = True
     D_file: int | None = None
-    stack_names: np.ndarray | None = None      # stack path of each particle as written in the source
+    stack_names: np.ndarray | None = None  # stack path of each particle as written in the source
 
-    def __len__(self): return len(self.image_index)
+    def __len__(self):
+        return len(self.image_index)
+
     @property
-    def n(self) -> int: return len(self)
+    def n(self) -> int:
+        return len(self)
 
     @property
     def ctf(self):
         "`CTFParams` of all particles; raises `MissingColumnError` naming absent CTF fields."
         absent = [k for k in _CTF_REQUIRED if self.ctf_values.get(k) is None]
-        if absent: raise MissingColumnError(f"{self.source}: no CTF values for {absent}; expected them in the file or a ctf .pkl")
+        if absent:
+            raise MissingColumnError(
+                f"{self.source}: no CTF values for {absent}; expected them in the file or a ctf .pkl"
+            )
         from cryonb.ctf import CTFParams
-        vals = {k: torch.as_tensor(np.asarray(self.ctf_values.get(k, np.full(len(self), _CTF_DEFAULTS.get(k, 0.0)))),
-                                   dtype=torch.float32) for k in _CTF_FIELDS}
+
+        vals = {
+            k: torch.as_tensor(
+                np.asarray(self.ctf_values.get(k, np.full(len(self), _CTF_DEFAULTS.get(k, 0.0)))), dtype=torch.float32
+            )
+            for k in _CTF_FIELDS
+        }
         return CTFParams(**vals)
 
     @property
-    def has_ctf(self) -> bool: return all(self.ctf_values.get(k) is not None for k in _CTF_REQUIRED)
+    def has_ctf(self) -> bool:
+        return all(self.ctf_values.get(k) is not None for k in _CTF_REQUIRED)
 
     def ctf_array(self, D: int | None = None, apix: float | None = None) -> np.ndarray:
         """cryoDRGN CTF array `(N, 9)` float32 `[D, apix, dfU, dfV, dfang, kV, Cs, w, phase]`
@@ -234,30 +309,48 @@ class ParticleMetadata:
         if D, the pixel size or a CTF field is unknown."""
         D = D or self.D
         ap = np.full(len(self), float(apix)) if apix else self.apix_per_particle
-        if ap is None and self.apix: ap = np.full(len(self), self.apix)
-        if D is None: raise MissingColumnError(f"{self.source}: box size unknown; pass D (-D)")
-        if ap is None: raise MissingColumnError(f"{self.source}: pixel size unknown; pass apix (--Apix)")
+        if ap is None and self.apix:
+            ap = np.full(len(self), self.apix)
+        if D is None:
+            raise MissingColumnError(f"{self.source}: box size unknown; pass D (-D)")
+        if ap is None:
+            raise MissingColumnError(f"{self.source}: pixel size unknown; pass apix (--Apix)")
         absent = [k for k in _CTF_REQUIRED if self.ctf_values.get(k) is None]
-        if absent: raise MissingColumnError(f"{self.source}: no values for CTF fields {absent} "
-                                            f"(star columns {[_STAR_CTF[k] for k in absent]}); pass them explicitly")
+        if absent:
+            raise MissingColumnError(
+                f"{self.source}: no values for CTF fields {absent} "
+                f"(star columns {[_STAR_CTF[k] for k in absent]}); pass them explicitly"
+            )
         cols = [np.full(len(self), float(D)), ap] + [self.ctf_values[k] for k in _CTF_FIELDS[:7]]
         return np.stack(cols, 1).astype(np.float32)
 
     def subset(self, idx) -> "ParticleMetadata":
         "A new `ParticleMetadata` with particles `idx` (int array/tensor or boolean mask), in that order."
         idx = as_numpy(idx)
-        if idx.dtype == bool: idx = np.nonzero(idx)[0]
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
         idx = idx.astype(np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
-            raise ImageIndexError(f"{self.source}: selection index {int(idx.max()) if idx.max() >= len(self) else int(idx.min())} "
-                                  f"outside 0..{len(self) - 1}")
+            raise ImageIndexError(
+                f"{self.source}: selection index {int(idx.max()) if idx.max() >= len(self) else int(idx.min())} "
+                f"outside 0..{len(self) - 1}"
+            )
         t = lambda x: None if x is None else x[torch.as_tensor(idx)] if isinstance(x, torch.Tensor) else x[idx]
-        return replace(self, file_index=self.file_index[idx], image_index=self.image_index[idx],
-                       rotations=t(self.rotations), shifts_A=t(self.shifts_A), shifts_px=t(self.shifts_px),
-                       ctf_values={k: t(v) for k, v in self.ctf_values.items()}, halfset=t(self.halfset),
-                       apix_per_particle=t(self.apix_per_particle), indices=t(self.indices),
-                       table=None if self.table is None else self.table.iloc[idx].reset_index(drop=True),
-                       cs=t(self.cs), stack_names=t(self.stack_names))
+        return replace(
+            self,
+            file_index=self.file_index[idx],
+            image_index=self.image_index[idx],
+            rotations=t(self.rotations),
+            shifts_A=t(self.shifts_A),
+            shifts_px=t(self.shifts_px),
+            ctf_values={k: t(v) for k, v in self.ctf_values.items()},
+            halfset=t(self.halfset),
+            apix_per_particle=t(self.apix_per_particle),
+            indices=t(self.indices),
+            table=None if self.table is None else self.table.iloc[idx].reset_index(drop=True),
+            cs=t(self.cs),
+            stack_names=t(self.stack_names),
+        )
 
     def write_star(self, path, update_poses: bool = False):
         """Write these particles as a RELION STAR file.
@@ -271,35 +364,49 @@ class ParticleMetadata:
             return write_star(path, self.table, self.optics)
         df = self.table.copy() if self.table is not None else pd.DataFrame(index=range(len(self)))
         if self.table is None:
-            rel = [os.path.relpath(os.path.abspath(f), os.path.abspath(path.parent)) for f in self.image_files] \
-                if self.images_found else [str(f) for f in self.image_files]
+            rel = (
+                [os.path.relpath(os.path.abspath(f), os.path.abspath(path.parent)) for f in self.image_files]
+                if self.images_found
+                else [str(f) for f in self.image_files]
+            )
             df["rlnImageName"] = [f"{i + 1:06d}@{rel[j]}" for i, j in zip(self.image_index, self.file_index)]
             df["rlnOpticsGroup"] = 1
             for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift", "bfactor"):
-                if self.ctf_values.get(k) is not None: df[_STAR_CTF[k]] = self.ctf_values[k]
-            if self.halfset is not None: df["rlnRandomSubset"] = self.halfset.numpy() + 1
+                if self.ctf_values.get(k) is not None:
+                    df[_STAR_CTF[k]] = self.ctf_values[k]
+            if self.halfset is not None:
+                df["rlnRandomSubset"] = self.halfset.numpy() + 1
         if self.rotations is not None:
             from cryonb.geometry import matrix_to_euler
+
             e = matrix_to_euler(self.rotations.double()).numpy()
             df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = e[:, 0], e[:, 1], e[:, 2]
         if self.shifts_A is not None:
             df = df.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in df.columns])
-            df["rlnOriginXAngst"], df["rlnOriginYAngst"] = self.shifts_A[:, 0].double().numpy(), self.shifts_A[:, 1].double().numpy()
+            df["rlnOriginXAngst"], df["rlnOriginYAngst"] = (
+                self.shifts_A[:, 0].double().numpy(),
+                self.shifts_A[:, 1].double().numpy(),
+            )
         optics = self.optics
         if optics is None:
             row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1"}
             for k in ("voltage", "cs", "amplitude_contrast"):
                 v = self.ctf_values.get(k)
-                if v is not None: row[_STAR_CTF[k]] = float(np.median(v))
-            if self.apix: row["rlnImagePixelSize"] = self.apix
-            if self.D: row["rlnImageSize"] = self.D
+                if v is not None:
+                    row[_STAR_CTF[k]] = float(np.median(v))
+            if self.apix:
+                row["rlnImagePixelSize"] = self.apix
+            if self.D:
+                row["rlnImageSize"] = self.D
             row["rlnImageDimensionality"] = 2
             optics = pd.DataFrame([row])
-            if self.table is not None and "rlnOpticsGroup" not in df.columns: df["rlnOpticsGroup"] = 1
+            if self.table is not None and "rlnOpticsGroup" not in df.columns:
+                df["rlnOpticsGroup"] = 1
         return write_star(path, df, optics)
 
 # %% ../../nbs/03f_io_particles.ipynb #747d28f7
 _HEADER_CACHE: dict = {}
+
 
 def _cached_header(path: str):
     "MRC header of `path`, cached per (path, mtime, size) so that reopening a stack costs one `stat`."
@@ -308,8 +415,10 @@ def _cached_header(path: str):
     h = _HEADER_CACHE.get(key)
     if h is None:
         h = _HEADER_CACHE[key] = read_mrc_header(path)
-        if len(_HEADER_CACHE) > 200_000: _HEADER_CACHE.pop(next(iter(_HEADER_CACHE)))
+        if len(_HEADER_CACHE) > 200_000:
+            _HEADER_CACHE.pop(next(iter(_HEADER_CACHE)))
     return h, key
+
 
 def _stack_headers(files, source, require):
     "Resolved paths -> (n_images per file, D, apix) reading headers only."
@@ -317,39 +426,60 @@ def _stack_headers(files, source, require):
     for f in files:
         h = _cached_header(f)[0]
         if h.shape[1] != h.shape[2]:
-            raise NonSquareImageError(f"{f}: images are {h.shape[1]}×{h.shape[2]} (rows×columns); cryonb expects square D×D images")
-        ns.append(h.shape[0]); Ds.append(h.shape[2]); aps.append(h.apix)
+            raise NonSquareImageError(
+                f"{f}: images are {h.shape[1]}×{h.shape[2]} (rows×columns); cryonb expects square D×D images"
+            )
+        ns.append(h.shape[0])
+        Ds.append(h.shape[2])
+        aps.append(h.apix)
     if len(set(Ds)) > 1:
         raise CryoFormatError(f"{source}: stacks have different image sizes {sorted(set(Ds))}; expected one box size")
     return np.array(ns, np.int64), (Ds[0] if Ds else None), next((a for a in aps if a), None)
 
+
 def _locate(paths_as_written, idx0, source, datadir, default_dir, require):
     "Unique stack paths -> resolved files, file_index, checked image indices."
-    inv, uniq = pd.factorize(np.asarray(paths_as_written, dtype=str))     # first-appearance order, hashed
+    inv, uniq = pd.factorize(np.asarray(paths_as_written, dtype=str))  # first-appearance order, hashed
     resolved, errors = [], []
     for p in uniq:
-        try: resolved.append(resolve_stack_path(str(p), datadir if datadir is not None else default_dir, source,
-                                                extra_dirs=[default_dir] if datadir is not None else []))
+        try:
+            resolved.append(
+                resolve_stack_path(
+                    str(p),
+                    datadir if datadir is not None else default_dir,
+                    source,
+                    extra_dirs=[default_dir] if datadir is not None else [],
+                )
+            )
         except StackNotFoundError as e:
-            if not require: return [str(p) for p in uniq], inv.astype(np.int64), None, None, False
+            if not require:
+                return [str(p) for p in uniq], inv.astype(np.int64), None, None, False
             errors.append(str(e).split(": ", 1)[1])
     if errors:
         more = f" (and {len(errors) - 5} more missing stacks)" if len(errors) > 5 else ""
-        raise StackNotFoundError(f"{source}: {len(errors)} of {len(uniq)} image stacks not found"
-                                 + (" — pass datadir (--datadir) to say where they are" if datadir is None else "")
-                                 + ":\n  " + "\n  ".join(errors[:5]) + more)
+        raise StackNotFoundError(
+            f"{source}: {len(errors)} of {len(uniq)} image stacks not found"
+            + (" — pass datadir (--datadir) to say where they are" if datadir is None else "")
+            + ":\n  "
+            + "\n  ".join(errors[:5])
+            + more
+        )
     ns, D, ap = _stack_headers(resolved, source, require)
     over = idx0 >= ns[inv]
     if over.any():
         i = int(np.nonzero(over)[0][0])
-        raise ImageIndexError(f"{source}: particle row {i} asks for image {int(idx0[i]) + 1} (1-based) of {resolved[inv[i]]}, "
-                              f"which holds {int(ns[inv[i]])} images; expected an index ≤ {int(ns[inv[i]])}")
+        raise ImageIndexError(
+            f"{source}: particle row {i} asks for image {int(idx0[i]) + 1} (1-based) of {resolved[inv[i]]}, "
+            f"which holds {int(ns[inv[i]])} images; expected an index ≤ {int(ns[inv[i]])}"
+        )
     return resolved, inv.astype(np.int64), D, ap, True
+
 
 def read_txt_list(path) -> list:
     "Stack paths listed in a `.txt` file (one per line, relative to the `.txt` folder). Raises `StackNotFoundError` with the paths tried."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such .txt stack list")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such .txt stack list")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -357,12 +487,14 @@ def read_txt_list(path) -> list:
     lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
     if any("\x00" in l for l in lines):
         raise CryoFormatError(f"{path}: stack list holds a NUL byte; expected one .mrcs path per line")
-    if not lines: raise CryoFormatError(f"{path}: empty stack list; expected one .mrcs path per line")
+    if not lines:
+        raise CryoFormatError(f"{path}: empty stack list; expected one .mrcs path per line")
     out = []
     for l in lines:
         cands = [Path(l)] if Path(l).is_absolute() else [path.parent / l, Path(l)]
         hit = next((c for c in cands if c.is_file()), None)
-        if hit is None: raise StackNotFoundError(f"{path}: image stack {l!r} not found; tried: " + ", ".join(map(str, cands)))
+        if hit is None:
+            raise StackNotFoundError(f"{path}: image stack {l!r} not found; tried: " + ", ".join(map(str, cands)))
         out.append(str(hit))
     return out
 
@@ -373,6 +505,7 @@ class ParticleSource:
     `file_index`/`image_index`, box `D_img` and pixel size `apix_img` from the MRC headers, `images_found`),
     the per-particle `fields` of its table (`star_fields`/`cs_fields`: poses, shifts, pixel size, CTF,
     half-sets, what is missing), and the raw `table`/`optics`/`cs` it came from. Made by `read_particle_source`."""
+
     source: str
     kind: str
     image_files: list
@@ -386,20 +519,36 @@ class ParticleSource:
     optics: pd.DataFrame | None = None
     cs: np.ndarray | None = None
     names: np.ndarray | None = None
+
     @property
-    def n(self) -> int: return len(self.image_index)
+    def n(self) -> int:
+        return len(self.image_index)
+
 
 def _no_fields(missing) -> dict:
     return dict(rot=None, shift_px=None, shift_A=None, apix=None, D=None, ctf={}, halfset=None, missing=list(missing))
+
 
 def _stack_source(path: Path) -> ParticleSource:
     "A single `.mrcs`/`.mrc` stack: every image, no poses, no CTF."
     h = read_mrc_header(path)
     if h.shape[1] != h.shape[2]:
-        raise NonSquareImageError(f"{path}: images are {h.shape[1]}×{h.shape[2]} (rows×columns); cryonb expects square D×D images")
+        raise NonSquareImageError(
+            f"{path}: images are {h.shape[1]}×{h.shape[2]} (rows×columns); cryonb expects square D×D images"
+        )
     n = h.shape[0]
-    return ParticleSource(str(path), "mrcs", [str(path)], np.zeros(n, np.int64), np.arange(n), h.shape[2], h.apix, True,
-                          _no_fields(["poses", "CTF"]))
+    return ParticleSource(
+        str(path),
+        "mrcs",
+        [str(path)],
+        np.zeros(n, np.int64),
+        np.arange(n),
+        h.shape[2],
+        h.apix,
+        True,
+        _no_fields(["poses", "CTF"]),
+    )
+
 
 def _txt_source(path: Path) -> ParticleSource:
     "A `.txt` list of stacks, concatenated in order."
@@ -409,13 +558,21 @@ def _txt_source(path: Path) -> ParticleSource:
     iidx = np.concatenate([np.arange(k) for k in ns])
     return ParticleSource(str(path), "txt", files, fidx, iidx, D_img, apix_img, True, _no_fields(["poses", "CTF"]))
 
+
 def _located(src: ParticleSource, datadir, require_images: bool) -> ParticleSource:
     "Resolve the stacks named by a table (`src.names`, `src.image_index`)."
     if (src.names == "").all():
-        src.image_files, src.file_index, src.D_img, src.apix_img, src.images_found = [], np.full(len(src.names), -1), None, None, False
+        src.image_files, src.file_index, src.D_img, src.apix_img, src.images_found = (
+            [],
+            np.full(len(src.names), -1),
+            None,
+            None,
+            False,
+        )
         return src
-    files, fidx, D_img, apix_img, found = _locate(src.names, src.image_index, src.source, datadir,
-                                                  str(Path(src.source).parent), require_images)
+    files, fidx, D_img, apix_img, found = _locate(
+        src.names, src.image_index, src.source, datadir, str(Path(src.source).parent), require_images
+    )
     src.image_files, src.file_index, src.D_img, src.apix_img, src.images_found = files, fidx, D_img, apix_img, found
     return src
 
@@ -423,23 +580,28 @@ def _located(src: ParticleSource, datadir, require_images: bool) -> ParticleSour
 def _star_source(path: Path, apix, datadir, require_images: bool) -> ParticleSource:
     "A RELION STAR file (3.0–5): per-particle fields joined from the optics table, stacks from `rlnImageName`."
     table, optics = read_star(path)
-    if len(table) == 0: raise CryoFormatError(f"{path}: the particle table is empty")
+    if len(table) == 0:
+        raise CryoFormatError(f"{path}: the particle table is empty")
     fields = star_fields(table, optics, str(path), apix)
     if "rlnImageName" in table.columns:
         iidx, names = parse_image_names(table["rlnImageName"], str(path))
     elif require_images:
-        raise MissingColumnError(f"{path}: required column rlnImageName (index@stack) is missing; "
-                                 f"columns present: {list(table.columns)}")
+        raise MissingColumnError(
+            f"{path}: required column rlnImageName (index@stack) is missing; columns present: {list(table.columns)}"
+        )
     else:
         iidx, names = np.arange(len(table)), np.array([""] * len(table), dtype=object)
-    src = ParticleSource(str(path), "star", [], np.zeros(0, np.int64), iidx, None, None, False, fields, table, optics,
-                         names=names)
+    src = ParticleSource(
+        str(path), "star", [], np.zeros(0, np.int64), iidx, None, None, False, fields, table, optics, names=names
+    )
     return _located(src, datadir, require_images)
+
 
 def _cs_source(path: Path, apix, datadir, require_images: bool, abinit: bool, hetrefine: bool) -> ParticleSource:
     "A cryoSPARC `.cs` file: poses and CTF from its fields, stacks from `blob/path`, `blob/idx`."
     csarr = read_cs(path)
-    if len(csarr) == 0: raise CryoFormatError(f"{path}: the particle table is empty")
+    if len(csarr) == 0:
+        raise CryoFormatError(f"{path}: the particle table is empty")
     fields = cs_fields(csarr, str(path), apix, abinit, hetrefine)
     have = set(csarr.dtype.names)
     if require_images and not {"blob/path", "blob/idx"} <= have:
@@ -450,53 +612,88 @@ def _cs_source(path: Path, apix, datadir, require_images: bool, abinit: bool, he
         iidx = np.asarray(csarr["blob/idx"], np.int64)
     else:
         names, iidx = np.array([""] * len(csarr), dtype=object), np.arange(len(csarr))
-    src = ParticleSource(str(path), "cs", [], np.zeros(0, np.int64), iidx, None, None, False, fields, cs=csarr, names=names)
+    src = ParticleSource(
+        str(path), "cs", [], np.zeros(0, np.int64), iidx, None, None, False, fields, cs=csarr, names=names
+    )
     return _located(src, datadir, require_images)
 
-def read_particle_source(path, datadir=None, apix: float | None = None, abinit: bool = False, hetrefine: bool = False,
-                         require_images: bool = True) -> ParticleSource:
+
+def read_particle_source(
+    path,
+    datadir=None,
+    apix: float | None = None,
+    abinit: bool = False,
+    hetrefine: bool = False,
+    require_images: bool = True,
+) -> ParticleSource:
     """Read one particle file (`.mrcs/.mrc`, `.txt`, `.star`, `.cs`) into a `ParticleSource`, by its extension.
     Raises `FileNotFoundError`, `CryoFormatError` (unsupported extension, empty table) and the readers' errors."""
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
     ext = path.suffix.lower()
-    if ext in (".mrcs", ".mrc"): return _stack_source(path)
-    if ext == ".txt": return _txt_source(path)
-    if ext == ".star": return _star_source(path, apix, datadir, require_images)
-    if ext == ".cs": return _cs_source(path, apix, datadir, require_images, abinit, hetrefine)
-    raise CryoFormatError(f"{path}: unsupported particle file extension {ext!r}; expected .mrcs, .mrc, .star, .cs or .txt")
+    if ext in (".mrcs", ".mrc"):
+        return _stack_source(path)
+    if ext == ".txt":
+        return _txt_source(path)
+    if ext == ".star":
+        return _star_source(path, apix, datadir, require_images)
+    if ext == ".cs":
+        return _cs_source(path, apix, datadir, require_images, abinit, hetrefine)
+    raise CryoFormatError(
+        f"{path}: unsupported particle file extension {ext!r}; expected .mrcs, .mrc, .star, .cs or .txt"
+    )
 
 # %% ../../nbs/03f_io_particles.ipynb #f6dfda86
 def _selection(ind, n_all: int, src: str):
     "The 0-based particle selection `ind` (array or `.pkl`/`.npy` path), checked against `n_all`."
-    if ind is None: return None
+    if ind is None:
+        return None
     sel = read_ind_pkl(ind) if isinstance(ind, (str, Path)) else as_numpy(ind).astype(np.int64)
     if len(sel) and (sel.min() < 0 or sel.max() >= n_all):
-        raise ImageIndexError(f"{ind if isinstance(ind, (str, Path)) else 'ind'}: particle index {int(sel.max())} "
-                              f"outside 0..{n_all - 1} ({src} has {n_all} particles)")
+        raise ImageIndexError(
+            f"{ind if isinstance(ind, (str, Path)) else 'ind'}: particle index {int(sel.max())} "
+            f"outside 0..{n_all - 1} ({src} has {n_all} particles)"
+        )
     return sel
+
 
 def _matcher(n_all: int, sel, src: str):
     "Per-particle arrays from a `.pkl`: the full set, or already the selection (expanded to the full set)."
+
     def match(a, what):
-        if len(a) == n_all: return a
+        if len(a) == n_all:
+            return a
         if sel is not None and len(a) == len(sel):
             full = np.zeros((n_all,) + a.shape[1:], a.dtype)
             full[sel] = a
             return full
-        raise CryoFormatError(f"{what}: holds {len(a)} particles; expected {n_all} ({src})"
-                              + (f" or {len(sel)} (the selection)" if sel is not None else ""))
+        raise CryoFormatError(
+            f"{what}: holds {len(a)} particles; expected {n_all} ({src})"
+            + (f" or {len(sel)} (the selection)" if sel is not None else "")
+        )
+
     return match
+
 
 def _pose_arrays(poses):
     "`(rot, trans | None)` from a pose `.pkl` path, a `(rot, trans)` pair or rotations alone."
-    if isinstance(poses, (str, Path)): return read_poses_pkl(poses)
-    if isinstance(poses, (tuple, list)): return as_numpy(poses[0]), None if poses[1] is None else as_numpy(poses[1])
+    if isinstance(poses, (str, Path)):
+        return read_poses_pkl(poses)
+    if isinstance(poses, (tuple, list)):
+        return as_numpy(poses[0]), None if poses[1] is None else as_numpy(poses[1])
     return as_numpy(poses), None
 
 # %% ../../nbs/03f_io_particles.ipynb #28226205
-def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: float | None = None, D: int | None = None,
-                    ctf_overrides: dict | None = None) -> ParticleMetadata:
+def apply_overrides(
+    ps: ParticleSource,
+    poses=None,
+    ctf=None,
+    ind=None,
+    apix: float | None = None,
+    D: int | None = None,
+    ctf_overrides: dict | None = None,
+) -> ParticleMetadata:
     """The overrides step of `load_particles`: combine a `ParticleSource` with what the caller gives — a pose
     `.pkl`, a CTF `.pkl`, the pixel size and box, CTF fields — and the selection `ind` (applied last).
     Pixel size, in order: `apix`/the table's, the CTF `.pkl`'s (rescaled to the stack's box, `apix₀·D₀/D`,
@@ -504,11 +701,15 @@ def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: fl
     src, n_all, fields = ps.source, ps.n, ps.fields
     D_file = fields["D"]
     Dout = D or ps.D_img or D_file
-    if D and ps.D_img and D != ps.D_img: warnings.warn(f"{src}: D={D} given but the stacks hold {ps.D_img}×{ps.D_img} images")
+    if D and ps.D_img and D != ps.D_img:
+        warnings.warn(f"{src}: D={D} given but the stacks hold {ps.D_img}×{ps.D_img} images")
     if ps.D_img and D_file and ps.D_img != D_file and not D:
-        warnings.warn(f"{src}: the table says image size {D_file} but the stacks hold {ps.D_img}×{ps.D_img} images; using {ps.D_img}")
+        warnings.warn(
+            f"{src}: the table says image size {D_file} but the stacks hold {ps.D_img}×{ps.D_img} images; using {ps.D_img}"
+        )
     ap = fields["apix"]
-    if ap is None and apix: ap = np.full(n_all, float(apix))
+    if ap is None and apix:
+        ap = np.full(n_all, float(apix))
     shift_px, shift_A = fields["shift_px"], fields["shift_A"]
     rot, ctfv, miss = fields["rot"], dict(fields["ctf"]), list(fields["missing"])
     sel = _selection(ind, n_all, src)
@@ -516,18 +717,25 @@ def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: fl
     if ctf is not None:
         arr = read_ctf_pkl(ctf) if isinstance(ctf, (str, Path)) else as_numpy(ctf).astype(np.float32)
         arr = match(arr.astype(np.float64), str(ctf) if isinstance(ctf, (str, Path)) else "ctf")
-        for j, k in enumerate(_CTF_FIELDS[:7]): ctfv[k] = arr[:, 2 + j]
+        for j, k in enumerate(_CTF_FIELDS[:7]):
+            ctfv[k] = arr[:, 2 + j]
         ctfv.setdefault("bfactor", np.zeros(n_all))
         ctfv.setdefault("scale", np.ones(n_all))
-        if ap is None: ap = arr[:, 1] * arr[:, 0] / (Dout or arr[:, 0])     # cryoDRGN: apix rescaled to the stack's box
+        if ap is None:
+            ap = arr[:, 1] * arr[:, 0] / (Dout or arr[:, 0])  # cryoDRGN: apix rescaled to the stack's box
         Dout = Dout or int(arr[0, 0])
         miss = [m for m in miss if not (m.startswith("rln") and m in _STAR_CTF.values()) and m != "CTF"]
-    if ap is None and ps.apix_img: ap = np.full(n_all, float(ps.apix_img))
-    if shift_A is None and shift_px is not None and ap is not None: shift_A = shift_px * ap[:, None]
-    if shift_px is None and shift_A is not None and ap is not None: shift_px = shift_A / ap[:, None]
+    if ap is None and ps.apix_img:
+        ap = np.full(n_all, float(ps.apix_img))
+    if shift_A is None and shift_px is not None and ap is not None:
+        shift_A = shift_px * ap[:, None]
+    if shift_px is None and shift_A is not None and ap is not None:
+        shift_px = shift_A / ap[:, None]
     for k, v in (ctf_overrides or {}).items():
-        if k not in _CTF_FIELDS: raise InputError(f"ctf_overrides: unknown CTF field {k!r}; expected one of {_CTF_FIELDS}")
-        if v is not None: ctfv[k] = np.full(n_all, float(v))
+        if k not in _CTF_FIELDS:
+            raise InputError(f"ctf_overrides: unknown CTF field {k!r}; expected one of {_CTF_FIELDS}")
+        if v is not None:
+            ctfv[k] = np.full(n_all, float(v))
     if poses is not None:
         rr, tt = _pose_arrays(poses)
         what = str(poses) if isinstance(poses, (str, Path)) else "poses"
@@ -535,25 +743,50 @@ def apply_overrides(ps: ParticleSource, poses=None, ctf=None, ind=None, apix: fl
         if tt is None:
             shift_px = np.zeros((n_all, 2))
         else:
-            if Dout is None: raise MissingColumnError(f"{what}: translations are fractions of the box but D is unknown; pass D")
+            if Dout is None:
+                raise MissingColumnError(f"{what}: translations are fractions of the box but D is unknown; pass D")
             shift_px = match(np.asarray(tt, np.float64), what) * Dout
         shift_A = None if ap is None else shift_px * ap[:, None]
         miss = [m for m in miss if not m.startswith(("Euler", "origins", "poses", "alignments"))]
     meta = ParticleMetadata(
-        source=src, kind=ps.kind, D=Dout, apix=None if ap is None else float(np.median(ap)), image_files=ps.image_files,
-        file_index=ps.file_index, image_index=ps.image_index,
+        source=src,
+        kind=ps.kind,
+        D=Dout,
+        apix=None if ap is None else float(np.median(ap)),
+        image_files=ps.image_files,
+        file_index=ps.file_index,
+        image_index=ps.image_index,
         rotations=None if rot is None else torch.as_tensor(rot, dtype=torch.float32),
         shifts_A=None if shift_A is None else torch.as_tensor(shift_A, dtype=torch.float32),
-        shifts_px=shift_px, ctf_values=ctfv,
+        shifts_px=shift_px,
+        ctf_values=ctfv,
         halfset=None if fields["halfset"] is None else torch.as_tensor(fields["halfset"], dtype=torch.int64),
-        apix_per_particle=ap, indices=np.arange(n_all), table=ps.table, optics=ps.optics, cs=ps.cs, missing=miss,
-        images_found=ps.images_found, D_file=D_file, stack_names=ps.names)
+        apix_per_particle=ap,
+        indices=np.arange(n_all),
+        table=ps.table,
+        optics=ps.optics,
+        cs=ps.cs,
+        missing=miss,
+        images_found=ps.images_found,
+        D_file=D_file,
+        stack_names=ps.names,
+    )
     return meta if sel is None else meta.subset(sel)
 
 # %% ../../nbs/03f_io_particles.ipynb #b2acca45
-def load_particles(path, poses=None, ctf=None, ind=None, datadir=None, apix: float | None = None, D: int | None = None,
-                   abinit: bool = False, hetrefine: bool = False, require_images: bool = True,
-                   ctf_overrides: dict | None = None) -> ParticleMetadata:
+def load_particles(
+    path,
+    poses=None,
+    ctf=None,
+    ind=None,
+    datadir=None,
+    apix: float | None = None,
+    D: int | None = None,
+    abinit: bool = False,
+    hetrefine: bool = False,
+    require_images: bool = True,
+    ctf_overrides: dict | None = None,
+) -> ParticleMetadata:
     """Load particle metadata from `.mrcs/.mrc` (a stack), `.star`, `.cs` or `.txt` (stack list):
     `read_particle_source` (the per-format reader), then `apply_overrides`.
 
@@ -573,11 +806,15 @@ def load_particles(path, poses=None, ctf=None, ind=None, datadir=None, apix: flo
 
 # %% ../../nbs/03f_io_particles.ipynb #4f683abc
 from collections import OrderedDict
+
 _MMAP_CACHE: OrderedDict = OrderedDict()
 try:
     import resource
+
     _MMAP_CACHE_SIZE = int(min(2048, max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)))
-except Exception: _MMAP_CACHE_SIZE = 256     # each open memory map holds a file descriptor
+except Exception:
+    _MMAP_CACHE_SIZE = 256  # each open memory map holds a file descriptor
+
 
 def _open_stack(path: str):
     "Memory map of a stack, cached per process and per file version (path, mtime, size)."
@@ -586,17 +823,22 @@ def _open_stack(path: str):
     mm = _MMAP_CACHE.get(key)
     if mm is None:
         mm = _MMAP_CACHE[key] = np.memmap(str(path), dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape)
-        while len(_MMAP_CACHE) > _MMAP_CACHE_SIZE: _MMAP_CACHE.popitem(last=False)
-    else: _MMAP_CACHE.move_to_end(key)
+        while len(_MMAP_CACHE) > _MMAP_CACHE_SIZE:
+            _MMAP_CACHE.popitem(last=False)
+    else:
+        _MMAP_CACHE.move_to_end(key)
     return mm
+
 
 def read_images(meta: ParticleMetadata, idx=None) -> np.ndarray:
     """Images of particles `idx` (default all) as a float32 array `(B, D, D)`, in the order of `idx`.
     Reads are grouped per stack file and memory-mapped. Raises `StackNotFoundError` if the stacks
     were not found when `meta` was loaded."""
     if not meta.images_found:
-        raise StackNotFoundError(f"{meta.source}: the image stacks were not found (loaded with require_images=False); "
-                                 f"stacks named: {list(meta.image_files)[:3]}")
+        raise StackNotFoundError(
+            f"{meta.source}: the image stacks were not found (loaded with require_images=False); "
+            f"stacks named: {list(meta.image_files)[:3]}"
+        )
     idx = np.arange(len(meta)) if idx is None else np.asarray(as_numpy(idx), np.int64).reshape(-1)
     fi, ii = meta.file_index[idx], meta.image_index[idx]
     D = meta.D if meta.D else read_mrc_header(meta.image_files[0]).shape[-1]
@@ -619,15 +861,19 @@ def _describe_pkl(path) -> list:
     if isinstance(obj, np.ndarray) and obj.size == 0:
         raise CryoFormatError(f"{path}: .pkl holds an empty array {obj.shape}; expected poses, CTF, indices or latents")
     if arrays and obj[0].shape[1:] == (3, 3):
-        out += [f"cryoDRGN poses: {len(obj[0])} rotations (N,3,3) {obj[0].dtype}, translations {obj[1].shape} "
-                f"(fraction of box, max |t| = {np.abs(obj[1]).max():.4g})"]
+        out += [
+            f"cryoDRGN poses: {len(obj[0])} rotations (N,3,3) {obj[0].dtype}, translations {obj[1].shape} "
+            f"(fraction of box, max |t| = {np.abs(obj[1]).max():.4g})"
+        ]
     elif isinstance(obj, np.ndarray) and obj.ndim == 3 and obj.shape[1:] == (3, 3):
         out += [f"cryoDRGN poses: {len(obj)} rotations (N,3,3) {obj.dtype}, no translations"]
     elif isinstance(obj, np.ndarray) and obj.ndim == 2 and obj.shape[1] == 9:
-        u = lambda j: [float(f"{v:.4g}") for v in np.unique(obj[:, j])[:4]]        # no 16-digit float32 echoes
-        out += [f"cryoDRGN CTF: {len(obj)} particles, D {u(0)}, Apix {u(1)}, kV {u(5)}, Cs {u(6)}, w {u(7)}, "
-                f"defocus {obj[:, 2].min():.0f}–{obj[:, 2].max():.0f} Å, phase shift {u(8)}"
-                + ("  (NaN phase shifts!)" if np.isnan(obj[:, 8]).any() else "")]
+        u = lambda j: [float(f"{v:.4g}") for v in np.unique(obj[:, j])[:4]]  # no 16-digit float32 echoes
+        out += [
+            f"cryoDRGN CTF: {len(obj)} particles, D {u(0)}, Apix {u(1)}, kV {u(5)}, Cs {u(6)}, w {u(7)}, "
+            f"defocus {obj[:, 2].min():.0f}–{obj[:, 2].max():.0f} Å, phase shift {u(8)}"
+            + ("  (NaN phase shifts!)" if np.isnan(obj[:, 8]).any() else "")
+        ]
     elif isinstance(obj, np.ndarray) and obj.ndim == 1 and obj.dtype.kind in "iu":
         out += [f"index array: {len(obj)} indices, range {obj.min()}..{obj.max()}"]
     elif isinstance(obj, np.ndarray):
@@ -637,21 +883,29 @@ def _describe_pkl(path) -> list:
         kinds = ", ".join(str(getattr(o, "shape", type(o).__name__)) for o in items)
         out += [f"{type(obj).__name__} of {len(obj)} items: {kinds}"]
     else:
-        what = "None" if obj is None else f"a {type(obj).__name__}" + (" with no items" if hasattr(obj, "__len__") else "")
+        what = (
+            "None" if obj is None else f"a {type(obj).__name__}" + (" with no items" if hasattr(obj, "__len__") else "")
+        )
         raise CryoFormatError(f"{path}: .pkl holds {what}; expected arrays (poses, CTF, indices or latent embeddings)")
     return out
 
+
 def info_lines(path, datadir=None) -> list:
     "Human-readable summary lines for `cryonb info` (stack, map, star, cs, txt, pkl; atomic models: `cryonb.structure`)."
-    path = Path(path); ext = path.suffix.lower(); L = [f"{path}"]
-    if ext == ".pkl": return L + _describe_pkl(path)
+    path = Path(path)
+    ext = path.suffix.lower()
+    L = [f"{path}"]
+    if ext == ".pkl":
+        return L + _describe_pkl(path)
     if ext in (".mrc", ".mrcs", ".map"):
         h = read_mrc_header(path)
         nz, ny, nx = h.shape
         kind = "map" if (ext != ".mrcs" and nz == ny == nx) else "image stack"
-        L += [f"MRC {kind}: {nz} × {ny} × {nx} (sections × rows × columns), {h.dtype.name}",
-              f"pixel size: {f'{h.apix:.4g}' if h.apix else 'missing (header says 0)'} Å; "
-              f"origin (x,y,z) {[float(f'{o:.4g}') for o in h.origin]} Å; ispg {h.ispg}"]
+        L += [
+            f"MRC {kind}: {nz} × {ny} × {nx} (sections × rows × columns), {h.dtype.name}",
+            f"pixel size: {f'{h.apix:.4g}' if h.apix else 'missing (header says 0)'} Å; "
+            f"origin (x,y,z) {[float(f'{o:.4g}') for o in h.origin]} Å; ispg {h.ispg}",
+        ]
         return L
     m = load_particles(path, datadir=datadir, require_images=False)
     box = m.D if m.D else "unknown"
@@ -661,14 +915,20 @@ def info_lines(path, datadir=None) -> list:
     if per is not None and np.ptp(per) != 0:
         apix += f" (per particle {[float(f'{a:.4g}') for a in np.unique(per)[:6]]})"
     L += [f"{m.kind} file: {len(m)} particles; box D = {box}{table_box}", f"pixel size: {apix}"]
-    if m.optics is not None: L += [f"optics groups: {len(m.optics)} ({', '.join(map(str, m.optics.get('rlnOpticsGroupName', m.optics.index)))})"]
-    if m.table is not None: L += ["columns: " + " ".join(m.table.columns)]
-    if m.cs is not None: L += ["fields: " + " ".join(m.cs.dtype.names)]
+    if m.optics is not None:
+        L += [
+            f"optics groups: {len(m.optics)} ({', '.join(map(str, m.optics.get('rlnOpticsGroupName', m.optics.index)))})"
+        ]
+    if m.table is not None:
+        L += ["columns: " + " ".join(m.table.columns)]
+    if m.cs is not None:
+        L += ["fields: " + " ".join(m.cs.dtype.names)]
     found = "all found" if m.images_found else "NOT found (metadata only; pass --datadir FOLDER holding the stacks)"
     L += [f"stacks: {len(m.image_files)} file(s), {found}"]
-    L += [f"poses: {'yes' if m.rotations is not None else 'no'}; CTF: {'complete' if m.has_ctf else 'incomplete'}; "
-          f"half-sets: {'yes' if m.halfset is not None else 'no'}"]
-    if m.missing: L += ["missing: " + "; ".join(m.missing)]
+    L += [
+        f"poses: {'yes' if m.rotations is not None else 'no'}; CTF: {'complete' if m.has_ctf else 'incomplete'}; "
+        f"half-sets: {'yes' if m.halfset is not None else 'no'}"
+    ]
+    if m.missing:
+        L += ["missing: " + "; ".join(m.missing)]
     return L
-
-

@@ -21,10 +21,22 @@ __all__ = ['SafeUnpickler', 'read_pkl', 'write_pkl', 'read_poses_pkl', 'write_po
 _PKL_MAX_DEPTH = 20
 _PKL_MAX_NODES = 1_000_000
 _PLAIN_DTYPE = re.compile(r"^[<>|=]?(\?|b1|[iu][1248]|f[248]|c(8|16))$")
-_DTYPE_CLASS_CODES = {"Float64DType": "f8", "Float32DType": "f4", "Float16DType": "f2", "Int64DType": "i8",
-                      "Int32DType": "i4", "Int16DType": "i2", "Int8DType": "i1", "UInt64DType": "u8",
-                      "UInt32DType": "u4", "UInt16DType": "u2", "UInt8DType": "u1", "BoolDType": "b1",
-                      "Complex64DType": "c8", "Complex128DType": "c16"}
+_DTYPE_CLASS_CODES = {
+    "Float64DType": "f8",
+    "Float32DType": "f4",
+    "Float16DType": "f2",
+    "Int64DType": "i8",
+    "Int32DType": "i4",
+    "Int16DType": "i2",
+    "Int8DType": "i1",
+    "UInt64DType": "u8",
+    "UInt32DType": "u4",
+    "UInt16DType": "u2",
+    "UInt8DType": "u1",
+    "BoolDType": "b1",
+    "Complex64DType": "c8",
+    "Complex128DType": "c16",
+}
 
 
 class _PendingDtype:
@@ -40,8 +52,10 @@ class _PendingDtype:
         plain = isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
         plain = plain and state[1] in ("<", ">", "|", "=") and state[2:5] == (None, None, None)
         if not plain:
-            raise UnsafePickleError(f"refused dtype state {str(state)[:80]}; expected a plain numeric dtype "
-                                    "(no subarray, field names or fields)")
+            raise UnsafePickleError(
+                f"refused dtype state {str(state)[:80]}; expected a plain numeric dtype "
+                "(no subarray, field names or fields)"
+            )
         if state[1] in "<>" and self.dtype.itemsize > 1:
             self.dtype = self.dtype.newbyteorder(state[1])
 
@@ -60,8 +74,9 @@ def _array_from_bytes(data, dtype: np.dtype, shape, fortran: bool) -> np.ndarray
         raise UnsafePickleError(f"array data is a {type(data).__name__}, expected bytes")
     n = int(np.prod(shape, dtype=object))
     if n * dtype.itemsize != len(data):
-        raise UnsafePickleError(f"array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} bytes, "
-                                f"the pickle holds {len(data)}")
+        raise UnsafePickleError(
+            f"array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} bytes, the pickle holds {len(data)}"
+        )
     return np.frombuffer(bytes(data), dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
@@ -99,10 +114,15 @@ def _safe_encode(obj, encoding="utf-8"):
 
 # %% ../../nbs/03e_io_pkl.ipynb #695c9eb4
 _SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _PendingArray, ("numpy._core.multiarray", "_reconstruct"): _PendingArray,
-    ("numpy.core.multiarray", "scalar"): _safe_scalar, ("numpy._core.multiarray", "scalar"): _safe_scalar,
-    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer, ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _PendingDtype, ("_codecs", "encode"): _safe_encode,
+    ("numpy.core.multiarray", "_reconstruct"): _PendingArray,
+    ("numpy._core.multiarray", "_reconstruct"): _PendingArray,
+    ("numpy.core.multiarray", "scalar"): _safe_scalar,
+    ("numpy._core.multiarray", "scalar"): _safe_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _PendingDtype,
+    ("_codecs", "encode"): _safe_encode,
 }
 
 
@@ -112,6 +132,7 @@ class SafeUnpickler(pickle._Unpickler):
     never sees the file's bytes: dtypes are rebuilt from a whitelist of plain descriptions (`'<f8'`, ...) and arrays
     from their raw bytes after the sizes are checked (a crafted dtype state can crash numpy, numpy issue 30476).
     Built on the pure-Python unpickler so that `BUILD` can be refused on anything but these placeholders."""
+
     source = "pickle"
     dispatch = dict(pickle._Unpickler.dispatch)
 
@@ -120,9 +141,11 @@ class SafeUnpickler(pickle._Unpickler):
             return _SAFE_GLOBALS[(module, name)]
         if module == "numpy.dtypes" and name in _DTYPE_CLASS_CODES:
             return lambda: _PendingDtype(_DTYPE_CLASS_CODES[name])
-        raise UnsafePickleError(f"{self.source}: refused to unpickle global {module}.{name}; "
-                                "cryonb .pkl files may only "
-                                "hold NumPy arrays, tuples, lists, dicts and scalars")
+        raise UnsafePickleError(
+            f"{self.source}: refused to unpickle global {module}.{name}; "
+            "cryonb .pkl files may only "
+            "hold NumPy arrays, tuples, lists, dicts and scalars"
+        )
 
     def load_build(self):
         state = self.stack.pop()
@@ -130,6 +153,7 @@ class SafeUnpickler(pickle._Unpickler):
         if not isinstance(inst, (_PendingArray, _PendingDtype)):
             raise UnsafePickleError(f"{self.source}: refused to set the state of a {type(inst).__name__}")
         inst.__setstate__(state)
+
     dispatch[pickle.BUILD[0]] = load_build
 
 # %% ../../nbs/03e_io_pkl.ipynb #690c018e
@@ -168,8 +192,9 @@ def _realize(obj, path, memo: dict, depth: int = 0):
         what = "dtype" if isinstance(obj, (_PendingDtype, np.dtype)) else type(obj).__name__
         raise UnsafePickleError(f"{path}: .pkl holds a {what}; expected arrays, tuples, lists, dicts, scalars")
     if n > _PKL_MAX_NODES:
-        raise UnsafePickleError(f"{path}: .pkl expands to more than {_PKL_MAX_NODES} objects (shared references); "
-                                "refused")
+        raise UnsafePickleError(
+            f"{path}: .pkl expands to more than {_PKL_MAX_NODES} objects (shared references); refused"
+        )
     memo[key] = (value, n)
     return value, n
 
@@ -202,15 +227,22 @@ def read_pkl(path):
 def write_pkl(path, obj):
     """Write arrays/tuples/dicts (tensors are converted to NumPy) as a pickle readable by cryoDRGN and `read_pkl`,
     atomically."""
+
     def conv(o):
-        if isinstance(o, torch.Tensor): return o.detach().cpu().numpy()
-        if isinstance(o, tuple): return tuple(conv(x) for x in o)
-        if isinstance(o, list): return [conv(x) for x in o]
-        if isinstance(o, dict): return {k: conv(v) for k, v in o.items()}
+        if isinstance(o, torch.Tensor):
+            return o.detach().cpu().numpy()
+        if isinstance(o, tuple):
+            return tuple(conv(x) for x in o)
+        if isinstance(o, list):
+            return [conv(x) for x in o]
+        if isinstance(o, dict):
+            return {k: conv(v) for k, v in o.items()}
         return o
+
     obj = _check_plain(conv(obj), path)
     with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f: pickle.dump(obj, f, protocol=4)
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=4)
     return Path(path)
 
 # %% ../../nbs/03e_io_pkl.ipynb #52afb616
@@ -220,41 +252,49 @@ def _check_rot(rot, path):
     r = rot.astype(np.float64)
     err = np.abs(r @ r.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
     det = np.linalg.det(r)
-    bad = np.nonzero(~((err <= 1e-3) & (np.abs(det - 1) <= 1e-3)))[0]      # NaN/Inf compare False: caught here
+    bad = np.nonzero(~((err <= 1e-3) & (np.abs(det - 1) <= 1e-3)))[0]  # NaN/Inf compare False: caught here
     if len(bad):
-        raise CryoFormatError(f"{path}: {len(bad)} pose matrices are not rotations (orthonormal, det +1, finite), "
-                              f"rows {bad[:10].tolist()}")
+        raise CryoFormatError(
+            f"{path}: {len(bad)} pose matrices are not rotations (orthonormal, det +1, finite), "
+            f"rows {bad[:10].tolist()}"
+        )
+
 
 def read_poses_pkl(path):
     """Read a cryoDRGN pose `.pkl`. Returns `(rot (N,3,3), trans (N,2) or None)` as float arrays;
     `trans` is the origin as a fraction of the box (`origin_px / D`; multiply by `D·apix` for Å).
     Raises `CryoFormatError` on other layouts, non-rotation matrices or `|trans| > 1`."""
     obj = read_pkl(path)
-    if isinstance(obj, np.ndarray): rot, trans = obj, None
+    if isinstance(obj, np.ndarray):
+        rot, trans = obj, None
     elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(o, np.ndarray) for o in obj):
         rot, trans = obj
     else:
-        raise CryoFormatError(f"{path}: expected a pose .pkl holding rot (N,3,3) or a tuple "
-                              "(rot (N,3,3), trans (N,2))")
+        raise CryoFormatError(f"{path}: expected a pose .pkl holding rot (N,3,3) or a tuple (rot (N,3,3), trans (N,2))")
     _check_rot(rot, path)
     if trans is not None:
         if trans.shape != (len(rot), 2):
             raise CryoFormatError(f"{path}: pose translations have shape {trans.shape}; expected ({len(rot)}, 2)")
         if not np.isfinite(trans).all() or np.abs(trans).max(initial=0) > 1:
-            raise CryoFormatError(f"{path}: pose translations must be finite fractions of the box (|t| ≤ 1); "
-                                  f"max |t| = {np.abs(trans).max():.3g}")
+            raise CryoFormatError(
+                f"{path}: pose translations must be finite fractions of the box (|t| ≤ 1); "
+                f"max |t| = {np.abs(trans).max():.3g}"
+            )
     return rot, trans
+
 
 def write_poses_pkl(path, rot, trans=None):
     """Write a cryoDRGN pose `.pkl`: `rot (N,3,3)` (RELION `A`) and optional `trans (N,2)` as a
     fraction of the box (`origin_px / D`), float32."""
     rot = as_numpy(rot).astype(np.float32)
     _check_rot(rot, path)
-    if trans is None: return write_pkl(path, rot)
+    if trans is None:
+        return write_pkl(path, rot)
     trans = as_numpy(trans).astype(np.float32)
     if trans.shape != (len(rot), 2):
         raise CryoFormatError(f"{path}: trans shape {trans.shape}; expected ({len(rot)}, 2)")
     return write_pkl(path, (rot, trans))
+
 
 def read_ctf_pkl(path) -> np.ndarray:
     """Read a cryoDRGN CTF `.pkl`: float32 `(N, 9)` `[D, apix Å, dfU Å, dfV Å, dfang °, kV, Cs mm, w, phase °]`.
@@ -262,11 +302,13 @@ def read_ctf_pkl(path) -> np.ndarray:
     with a warning. Raises `CryoFormatError` on another shape or non-finite values elsewhere."""
     a = read_pkl(path)
     if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != 9:
-        raise CryoFormatError(f"{path}: expected a CTF .pkl array of shape (N, 9); got "
-                              f"{getattr(a, 'shape', type(a).__name__)}")
+        raise CryoFormatError(
+            f"{path}: expected a CTF .pkl array of shape (N, 9); got {getattr(a, 'shape', type(a).__name__)}"
+        )
     a = a.astype(np.float32)
     if np.isnan(a[:, 8]).any():
-        warnings.warn(f"{path}: NaN phase shifts replaced by 0 (column 8)"); a[:, 8] = np.nan_to_num(a[:, 8])
+        warnings.warn(f"{path}: NaN phase shifts replaced by 0 (column 8)")
+        a[:, 8] = np.nan_to_num(a[:, 8])
     if not np.isfinite(a).all():
         bad = np.nonzero(~np.isfinite(a).all(1))[0]
         raise CryoFormatError(f"{path}: non-finite CTF values in rows {bad[:10].tolist()}")
@@ -276,25 +318,32 @@ def read_ctf_pkl(path) -> np.ndarray:
 def write_ctf_pkl(path, ctf):
     "Write a cryoDRGN CTF `.pkl` from a `(N, 9)` array. Raises `CryoFormatError` on NaN/Inf (never writes NaN)."
     a = as_numpy(ctf).astype(np.float32)
-    if a.ndim != 2 or a.shape[1] != 9: raise CryoFormatError(f"{path}: CTF array shape {a.shape}; expected (N, 9)")
+    if a.ndim != 2 or a.shape[1] != 9:
+        raise CryoFormatError(f"{path}: CTF array shape {a.shape}; expected (N, 9)")
     if not np.isfinite(a).all():
         rows = np.nonzero(~np.isfinite(a).all(1))[0][:10].tolist()
         raise CryoFormatError(f"{path}: refusing to write non-finite CTF values (rows {rows})")
     return write_pkl(path, a)
 
+
 def read_ind_pkl(path) -> np.ndarray:
     """Read a particle-index `.pkl` (or `.npy`/`.txt`): 0-based int64 `(M,)`.
     Raises `CryoFormatError` on non-integers or negatives."""
     path = str(path)
-    if path.endswith(".npy"): a = np.load(path, allow_pickle=False)
-    elif path.endswith(".txt"): a = np.loadtxt(path, dtype=np.float64, ndmin=1)
-    else: a = read_pkl(path)
+    if path.endswith(".npy"):
+        a = np.load(path, allow_pickle=False)
+    elif path.endswith(".txt"):
+        a = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    else:
+        a = read_pkl(path)
     a = np.asarray(a)
     if a.ndim != 1 or (a.dtype.kind == "f" and not np.all(a == np.round(a))) or a.dtype.kind not in "iuf":
         raise CryoFormatError(f"{path}: expected a 1-D array of integer particle indices; got {a.dtype} {a.shape}")
     a = a.astype(np.int64)
-    if (a < 0).any(): raise CryoFormatError(f"{path}: negative particle indices (expected 0-based indices ≥ 0)")
+    if (a < 0).any():
+        raise CryoFormatError(f"{path}: negative particle indices (expected 0-based indices ≥ 0)")
     return a
+
 
 def read_latents(path) -> np.ndarray:
     "Read latent embeddings `(N, zdim)` from a cryoDRGN `z.pkl` or a `.npy`. Raises `CryoFormatError` on other layouts."
@@ -305,6 +354,7 @@ def read_latents(path) -> np.ndarray:
         raise CryoFormatError(f"{path}: expected latents of shape (N, zdim); got {got}")
     return a.reshape(len(a), -1)
 
+
 def load_checkpoint(path, map_location="cpu", key=None, what: str = "checkpoint"):
     """Load a PyTorch checkpoint **without** arbitrary unpickling (`torch.load(..., weights_only=True)`:
     tensors, dicts, lists, numbers, strings only). With `key`, the checkpoint must be a dict whose `'key'`
@@ -312,7 +362,8 @@ def load_checkpoint(path, map_location="cpu", key=None, what: str = "checkpoint"
     `FileNotFoundError` if absent, `UnsafePickleError` if the file needs anything else, and `InputError`
     (naming the file) when it is unreadable or belongs to another run."""
     path = str(path)
-    if not os.path.exists(path): raise FileNotFoundError(f"{path}: no such checkpoint")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -321,6 +372,8 @@ def load_checkpoint(path, map_location="cpu", key=None, what: str = "checkpoint"
     except Exception as e:
         raise InputError(f"{path}: unreadable {what} ({e}); delete it to start over") from None
     if key is not None and (not isinstance(state, dict) or state.get("key") != key):
-        raise InputError(f"{path}: {what} of a different run (data or parameters differ); delete it "
-                         "(or use another output folder) to start over")
+        raise InputError(
+            f"{path}: {what} of a different run (data or parameters differ); delete it "
+            "(or use another output folder) to start over"
+        )
     return state

@@ -24,8 +24,10 @@ def read_star(path):
     `optics` a DataFrame or None. Raises `FileNotFoundError` if absent, `CryoFormatError` if the
     file has no table."""
     import starfile
+
     path = str(path)
-    if not os.path.exists(path): raise FileNotFoundError(f"{path}: no such STAR file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such STAR file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -35,7 +37,8 @@ def read_star(path):
     blocks = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
     optics = blocks.get("optics")
     cand = {k: v for k, v in blocks.items() if k != "optics"}
-    if not cand: raise CryoFormatError(f"{path}: no particle table (expected a data_particles / data_images loop)")
+    if not cand:
+        raise CryoFormatError(f"{path}: no particle table (expected a data_particles / data_images loop)")
     name = "particles" if "particles" in cand else max(cand, key=lambda k: len(cand[k]))
     for block, table in [(name, cand[name]), ("optics", optics)]:
         dup = [] if table is None else sorted(set(table.columns[table.columns.duplicated()].astype(str)))
@@ -43,24 +46,29 @@ def read_star(path):
             raise CryoFormatError(f"{path}: data_{block} names column(s) {dup} twice; expected each column once")
     return cand[name].reset_index(drop=True), (None if optics is None else optics.reset_index(drop=True))
 
+
 def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame | None = None):
     """Write a RELION STAR file: `data_optics` (if given) then `data_particles` (RELION 3.1+ layout),
     or a single `data_images` table when `optics` is None (RELION 3.0 layout). All columns are kept;
     floats keep 15 significant digits (lossless for values read from text). Written atomically."""
     import starfile
+
     data = {"optics": optics, "particles": particles} if optics is not None else {"images": particles}
     with atomic_write(path, suffix=".star") as tmp:
         starfile.write(data, str(tmp), float_format="%.15g", overwrite=True)
     return Path(path)
 
+
 def _group_labels(col: pd.Series) -> np.ndarray:
     "Optics-group labels as text (`1`, `1.0` and `'1'` all read `'1'`), so that mixed or stray values compare."
+
     def label(x):
         try:
             f = float(x)
         except (TypeError, ValueError):
             return str(x)
         return str(int(f)) if f.is_integer() else str(x)
+
     return np.array([label(x) for x in col.tolist()], dtype=object)
 
 
@@ -68,37 +76,47 @@ def join_optics(particles: pd.DataFrame, optics: pd.DataFrame | None, column: st
     """Per-particle value of `column`: from the particle table if present there, else from the optics
     table through `rlnOpticsGroup` (particle order preserved), else None.
     Raises `CryoFormatError` if a particle names an optics group absent from the optics table."""
-    if column in particles.columns: return particles[column].to_numpy()
-    if optics is None or column not in optics.columns: return None
+    if column in particles.columns:
+        return particles[column].to_numpy()
+    if optics is None or column not in optics.columns:
+        return None
     if len(optics) == 1 and "rlnOpticsGroup" not in particles.columns:
         return np.repeat(optics[column].to_numpy()[:1], len(particles))
     if "rlnOpticsGroup" not in particles.columns or "rlnOpticsGroup" not in optics.columns:
-        raise MissingColumnError(f"{path}: column rlnOpticsGroup missing from the "
-                                 f"{'particles' if 'rlnOpticsGroup' in optics.columns else 'optics'} table; "
-                                 f"expected it to join {column} from the optics table")
-    labels = _group_labels(optics["rlnOpticsGroup"])              # text compare: a stray token cannot crash
+        raise MissingColumnError(
+            f"{path}: column rlnOpticsGroup missing from the "
+            f"{'particles' if 'rlnOpticsGroup' in optics.columns else 'optics'} table; "
+            f"expected it to join {column} from the optics table"
+        )
+    labels = _group_labels(optics["rlnOpticsGroup"])  # text compare: a stray token cannot crash
     if len(set(labels)) < len(labels):
-        raise CryoFormatError(f"{path}: data_optics lists an rlnOpticsGroup more than once ({labels.tolist()[:8]}); "
-                              "expected one row per optics group")
+        raise CryoFormatError(
+            f"{path}: data_optics lists an rlnOpticsGroup more than once ({labels.tolist()[:8]}); "
+            "expected one row per optics group"
+        )
     table = pd.Series(optics[column].to_numpy(), index=labels)
     groups = _group_labels(particles["rlnOpticsGroup"])
     unknown = sorted(set(groups.tolist()) - set(labels.tolist()))
     if len(unknown):
-        raise CryoFormatError(f"{path}: rlnOpticsGroup values [{', '.join(unknown[:10])}] in the particle table are "
-                              f"not in the optics table (groups [{', '.join(labels.tolist()[:10])}])")
-    return table.reindex(groups).to_numpy()     # reindex is positional on `groups`: no reordering
+        raise CryoFormatError(
+            f"{path}: rlnOpticsGroup values [{', '.join(unknown[:10])}] in the particle table are "
+            f"not in the optics table (groups [{', '.join(labels.tolist()[:10])}])"
+        )
+    return table.reindex(groups).to_numpy()  # reindex is positional on `groups`: no reordering
 
 # %% ../../nbs/03c_io_star.ipynb #4ab49a34
 def parse_image_names(names, path="STAR file"):
     """Split RELION `index@path` names into `(index0 (N,) int64 0-based, paths (N,) str)` (vectorised,
     ~2 s per million names). Raises `CryoFormatError` for a name without `@` or an index < 1."""
     arr = np.asarray(pd.Series(names).astype(str).to_numpy(), dtype=str)
-    if arr.size == 0: return np.zeros(0, np.int64), np.zeros(0, dtype=str)
+    if arr.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, dtype=str)
     head, sep, tail = np.strings.partition(arr, "@")
     nosep = sep != "@"
     if nosep.any():
         raise CryoFormatError(f"{path}: rlnImageName {arr[nosep][0]!r} is not of the form index@stack (1-based index)")
-    try: idx = np.strings.strip(head).astype(np.int64)
+    try:
+        idx = np.strings.strip(head).astype(np.int64)
     except ValueError:
         bad = next(a for a, h in zip(arr, head) if not h.strip().lstrip("+").isdigit())
         raise CryoFormatError(f"{path}: rlnImageName {bad!r}: the index before '@' must be an integer ≥ 1") from None
@@ -106,17 +124,21 @@ def parse_image_names(names, path="STAR file"):
         raise CryoFormatError(f"{path}: rlnImageName {arr[idx < 1][0]!r}: the index before '@' must be an integer ≥ 1")
     return idx - 1, np.strings.strip(tail)
 
+
 def resolve_stack_path(p: str, datadir=None, source=None, extra_dirs=()) -> str:
     """Find stack `p` as written, then `datadir/p`, then `datadir/basename(p)` (then the same in
     `extra_dirs`). Returns the path found; raises `StackNotFoundError` listing every path tried
     (`source` names the file that referred to `p`)."""
     cands = [Path(p)]
     for d in [datadir, *extra_dirs]:
-        if d is None: continue
+        if d is None:
+            continue
         cands += [Path(d) / p, Path(d) / Path(p).name]
     seen = []
     for c in cands:
-        if str(c) in seen: continue
+        if str(c) in seen:
+            continue
         seen.append(str(c))
-        if c.is_file(): return str(c)
+        if c.is_file():
+            return str(c)
     raise StackNotFoundError(f"{source or 'input'}: image stack {p!r} not found; tried: " + ", ".join(seen))

@@ -26,7 +26,8 @@ def sieve_frequencies(frequency_start: float = 50.0, frequency_end: float = 3.0,
     """High-pass thresholds (Å) of the iterative driver: `f_i = 1/linspace(1/f_start, 1/f_end, n)[i]`,
     rounded to 3 decimals. Linear in Å⁻¹. Raises `InputError` for non-positive values or `num_iters < 1`.
     Source: CryoSieve `cryosieve` driver (Zhu et al. 2023)."""
-    if num_iters < 1: raise InputError(f"num_iters must be >= 1, got {num_iters}")
+    if num_iters < 1:
+        raise InputError(f"num_iters must be >= 1, got {num_iters}")
     if frequency_start <= 0 or frequency_end <= 0:
         raise InputError(f"frequency_start/frequency_end must be > 0 Å, got {frequency_start}, {frequency_end}")
     inv = np.linspace(1.0 / frequency_start, 1.0 / frequency_end, num_iters)
@@ -39,10 +40,14 @@ def hermitian_part(X: torch.Tensor) -> torch.Tensor:
     `fft2c(ifft2c(X).real)`. Source: DFT symmetry of real signals."""
     D = X.shape[-1]
     Xm = torch.flip(X, dims=(-2, -1))
-    if D % 2 == 0: Xm = torch.roll(Xm, shifts=(1, 1), dims=(-2, -1))
+    if D % 2 == 0:
+        Xm = torch.roll(Xm, shifts=(1, 1), dims=(-2, -1))
     return 0.5 * (X + Xm.conj())
 
-def sieve_score_ft(proj_ft: torch.Tensor, images_ft: torch.Tensor, ctf: torch.Tensor, highpass: torch.Tensor) -> torch.Tensor:
+
+def sieve_score_ft(
+    proj_ft: torch.Tensor, images_ft: torch.Tensor, ctf: torch.Tensor, highpass: torch.Tensor
+) -> torch.Tensor:
     """CryoSieve scores `‖H(C·P − I)‖² − ‖H·I‖²` (real-space pixel sums) from centred transforms.
 
     `proj_ft (B, D, D)` complex: centred FT of the projections (unnormalised `fft2c` scale, i.e. the
@@ -52,13 +57,15 @@ def sieve_score_ft(proj_ft: torch.Tensor, images_ft: torch.Tensor, ctf: torch.Te
     `S = D⁻² Σ_k H(k)(|CP|² − 2 Re(CP·conj(I)))`, identical to the real-space sum of the reference
     (`cryosieve-core`, Zhu et al. 2023). Raises `InputError` on shape mismatch."""
     if proj_ft.shape != images_ft.shape or proj_ft.shape[-1] != proj_ft.shape[-2]:
-        raise InputError(f"sieve_score_ft: projections {tuple(proj_ft.shape)} and images {tuple(images_ft.shape)} must be equal (B, D, D)")
+        raise InputError(
+            f"sieve_score_ft: projections {tuple(proj_ft.shape)} and images {tuple(images_ft.shape)} must be equal (B, D, D)"
+        )
     D = proj_ft.shape[-1]
     cp = hermitian_part(ctf * proj_ft)
     # herm is an orthogonal projection for Re<·,·> and commutes with the (even) high-pass, so the image
     # needs no symmetrisation of its own: Σ H Re(cp·conj(herm(I))) = Σ H Re(cp·conj(I))
     term = cp.real * (cp.real - 2 * images_ft.real) + cp.imag * (cp.imag - 2 * images_ft.imag)
-    return (term * highpass).sum(dim=(-2, -1)) / D ** 2
+    return (term * highpass).sum(dim=(-2, -1)) / D**2
 
 # %% ../../nbs/10_cryosieve.ipynb #0a78b1ba
 def select_per_halfset(scores, halfset, retention_ratio: float = 0.8, balance: bool = False) -> np.ndarray:
@@ -67,39 +74,53 @@ def select_per_halfset(scores, halfset, retention_ratio: float = 0.8, balance: b
     stable sort). `balance=True` keeps `min_k round(r·N_k)` in every half-set (CryoSieve 1.2.x `--balance`).
     Raises `InputError` if `r ∉ [0, 1]`, the lengths differ or a score is NaN.
     Source: CryoSieve `cryosieve-core` (Zhu et al. 2023)."""
-    s = np.asarray(scores, dtype=np.float64).ravel(); h = np.asarray(halfset).ravel()
-    if s.shape != h.shape: raise InputError(f"select_per_halfset: {s.size} scores for {h.size} half-set labels")
-    if not 0.0 <= retention_ratio <= 1.0: raise InputError(f"retention_ratio must be in [0, 1], got {retention_ratio}")
-    if np.isnan(s).any(): raise InputError(f"select_per_halfset: {int(np.isnan(s).sum())} scores are NaN")
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    h = np.asarray(halfset).ravel()
+    if s.shape != h.shape:
+        raise InputError(f"select_per_halfset: {s.size} scores for {h.size} half-set labels")
+    if not 0.0 <= retention_ratio <= 1.0:
+        raise InputError(f"retention_ratio must be in [0, 1], got {retention_ratio}")
+    if np.isnan(s).any():
+        raise InputError(f"select_per_halfset: {int(np.isnan(s).sum())} scores are NaN")
     keep = np.zeros(s.size, dtype=bool)
     groups = {k: np.flatnonzero(h == k) for k in np.unique(h)}
     counts = {k: round(retention_ratio * len(idx)) for k, idx in groups.items()}
-    if balance and counts: counts = dict.fromkeys(counts, min(counts.values()))
+    if balance and counts:
+        counts = dict.fromkeys(counts, min(counts.values()))
     for k, idx in groups.items():
-        keep[idx[np.argsort(s[idx], kind="stable")[:counts[k]]]] = True
+        keep[idx[np.argsort(s[idx], kind="stable")[: counts[k]]]] = True
     return keep
 
 # %% ../../nbs/10_cryosieve.ipynb #89b2f58d
 def _read_star(path) -> dict:
     "All blocks of a STAR file as `{name: DataFrame}` (file order kept). Raises FileNotFoundError / InputError."
     import starfile
+
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"star file not found: {path}")
-    try: blocks = starfile.read(path, always_dict=True)
-    except Exception as e: raise InputError(f"{path}: cannot parse as a STAR file ({e})") from e
+    if not path.is_file():
+        raise FileNotFoundError(f"star file not found: {path}")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as e:
+        raise InputError(f"{path}: cannot parse as a STAR file ({e})") from e
     return {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+
 
 def _particle_block(blocks: dict, path) -> str:
     "Name of the particle table: `particles` if present, else the first table with `rlnImageName`."
-    if "particles" in blocks: return "particles"
+    if "particles" in blocks:
+        return "particles"
     for k, v in blocks.items():
-        if "rlnImageName" in v.columns: return k
+        if "rlnImageName" in v.columns:
+            return k
     raise InputError(f"{path}: no particle table (a loop with rlnImageName) found; blocks: {list(blocks)}")
+
 
 def write_star_subset(path, blocks: dict, particle_block: str, rows) -> Path:
     """Write the STAR file `blocks` keeping only the particle rows `rows` (bool mask or index array,
     in input order), every column and every other block (optics) unchanged. Atomic."""
     import starfile
+
     out = dict(blocks)
     df = blocks[particle_block]
     rows = np.asarray(rows)
@@ -109,10 +130,20 @@ def write_star_subset(path, blocks: dict, particle_block: str, rows) -> Path:
     return Path(path)
 
 # %% ../../nbs/10_cryosieve.ipynb #b64f55d1
-_REQUIRED = {"rlnImageName": "image location `index@stack`", "rlnAngleRot": "Euler angle (deg)", "rlnAngleTilt": "Euler angle (deg)",
-             "rlnAnglePsi": "Euler angle (deg)", "rlnDefocusU": "defocus U (Å)", "rlnDefocusV": "defocus V (Å)",
-             "rlnDefocusAngle": "astigmatism angle (deg)", "rlnVoltage": "voltage (kV)", "rlnSphericalAberration": "Cs (mm)",
-             "rlnAmplitudeContrast": "amplitude contrast", "rlnRandomSubset": "half-set (1/2)"}
+_REQUIRED = {
+    "rlnImageName": "image location `index@stack`",
+    "rlnAngleRot": "Euler angle (deg)",
+    "rlnAngleTilt": "Euler angle (deg)",
+    "rlnAnglePsi": "Euler angle (deg)",
+    "rlnDefocusU": "defocus U (Å)",
+    "rlnDefocusV": "defocus V (Å)",
+    "rlnDefocusAngle": "astigmatism angle (deg)",
+    "rlnVoltage": "voltage (kV)",
+    "rlnSphericalAberration": "Cs (mm)",
+    "rlnAmplitudeContrast": "amplitude contrast",
+    "rlnRandomSubset": "half-set (1/2)",
+}
+
 
 class SieveParticles:
     """The particles of a RELION star file as per-row arrays, images streamed from memory-mapped stacks.
@@ -126,49 +157,68 @@ class SieveParticles:
     `halfset (N,)`, `D` (box), `blocks` (all STAR tables), `particle_block` (its name).
     `images(idx) -> ndarray (B,D,D) float32`. Raises `InputError` naming the file and the missing
     field, `FileNotFoundError` for a missing stack."""
+
     def __init__(self, star, angpix: float | None = None, directory=None):
         from cryonb.io import load_particles
         from cryonb.geometry import euler_to_matrix
+
         self.path = Path(star)
-        self.blocks = _read_star(self.path)                      # every table, for writing row subsets back
+        self.blocks = _read_star(self.path)  # every table, for writing row subsets back
         self.particle_block = _particle_block(self.blocks, self.path)
         df, optics = self.blocks[self.particle_block], self.blocks.get("optics")
-        if len(df) == 0: raise InputError(f"{self.path}: the particle table is empty")
+        if len(df) == 0:
+            raise InputError(f"{self.path}: the particle table is empty")
         have = set(df.columns) | (set(optics.columns) if optics is not None else set())
-        for name, what in _REQUIRED.items():                      # clear error for the first missing field
-            if name not in have: raise InputError(f"{self.path}: missing field {name} ({what})")
+        for name, what in _REQUIRED.items():  # clear error for the first missing field
+            if name not in have:
+                raise InputError(f"{self.path}: missing field {name} ({what})")
         # reading, the optics join (without reordering), origins and path resolution: cryonb.io.
         # Pixel size as the reference: the star's own (optics / magnification), --angpix only when it has none.
         star_apix = "rlnImagePixelSize" in have or {"rlnDetectorPixelSize", "rlnMagnification"} <= have
         if not star_apix and angpix is None:
-            raise InputError(f"{self.path}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize+rlnMagnification); pass --angpix")
+            raise InputError(
+                f"{self.path}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize+rlnMagnification); pass --angpix"
+            )
         self.meta = load_particles(self.path, datadir=directory, apix=None if star_apix else float(angpix))
         m = self.meta
         self.N = len(df)
         apix = getattr(m, "apix_per_particle", None)
         self.apix = np.asarray(apix if apix is not None else np.full(self.N, m.apix), dtype=np.float64)
-        if not (self.apix > 0).all(): raise InputError(f"{self.path}: pixel sizes must be > 0 Å, got min {self.apix.min()}")
+        if not (self.apix > 0).all():
+            raise InputError(f"{self.path}: pixel sizes must be > 0 Å, got min {self.apix.min()}")
         self.shifts_px = np.asarray(m.shifts_px, dtype=np.float64)
         ang = np.stack([m.table["rlnAngleRot"], m.table["rlnAngleTilt"], m.table["rlnAnglePsi"]], -1).astype(np.float64)
-        self.rotations = euler_to_matrix(torch.as_tensor(ang)).numpy()   # float64, like the reference's arithmetic
-        self.ctf = {k: np.asarray(m.ctf_values[k], dtype=np.float64) for k in
-                    ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift")}
+        self.rotations = euler_to_matrix(torch.as_tensor(ang)).numpy()  # float64, like the reference's arithmetic
+        self.ctf = {
+            k: np.asarray(m.ctf_values[k], dtype=np.float64)
+            for k in ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift")
+        }
         self.halfset = m.table["rlnRandomSubset"].to_numpy().astype(np.int64)
         self.D = int(m.D)
 
-    def __len__(self): return self.N
+    def __len__(self):
+        return self.N
 
     def images(self, idx) -> np.ndarray:
         "Images of rows `idx` (B,) as `(B, D, D)` float32, read from the memory-mapped stacks (`cryonb.io.read_images`)."
         from cryonb.io import read_images
+
         return read_images(self.meta, np.asarray(idx))
 
     def ctf_params(self, idx, device=None, dtype=torch.float64):
         "`cryonb.ctf.CTFParams` of rows `idx`, B-factor 0 and scale 1 (the reference ignores both)."
         from cryonb.ctf import CTFParams
+
         t = lambda a: torch.as_tensor(a[idx], device=device, dtype=dtype)
-        return CTFParams(t(self.ctf["defocus_u"]), t(self.ctf["defocus_v"]), t(self.ctf["defocus_angle"]), t(self.ctf["voltage"]),
-                         t(self.ctf["cs"]), t(self.ctf["amplitude_contrast"]), t(self.ctf["phase_shift"]))
+        return CTFParams(
+            t(self.ctf["defocus_u"]),
+            t(self.ctf["defocus_v"]),
+            t(self.ctf["defocus_angle"]),
+            t(self.ctf["voltage"]),
+            t(self.ctf["cs"]),
+            t(self.ctf["amplitude_contrast"]),
+            t(self.ctf["phase_shift"]),
+        )
 
 # %% ../../nbs/10_cryosieve.ipynb #1cd8138f
 def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
@@ -178,28 +228,44 @@ def _ctf_batch(params, apix: np.ndarray, D: int, device, dtype) -> torch.Tensor:
     `w·cos γ − √(1−w²)·sin γ = −sin(γ − asin w)` costs one sine per pixel."""
     from cryonb.ctf import wavelength_A
     from cryonb.fourier import freq_grid_2d
-    k = freq_grid_2d(D, 1.0, device=device, dtype=torch.float64)               # cycles/px
+
+    k = freq_grid_2d(D, 1.0, device=device, dtype=torch.float64)  # cycles/px
     kx, ky = k[..., 0], k[..., 1]
     k2 = kx * kx + ky * ky
     r2 = torch.where(k2 > 0, k2, torch.ones_like(k2))
-    c2t, s2t = torch.where(k2 > 0, (kx * kx - ky * ky) / r2, 1.0), torch.where(k2 > 0, 2 * kx * ky / r2, 0.0)  # cos 2θ, sin 2θ
+    c2t, s2t = (
+        torch.where(k2 > 0, (kx * kx - ky * ky) / r2, 1.0),
+        torch.where(k2 > 0, 2 * kx * ky / r2, 0.0),
+    )  # cos 2θ, sin 2θ
     col = lambda t: t.to(device=device, dtype=torch.float64).reshape(-1, 1, 1)
     a = torch.tensor(np.array(apix, dtype=np.float64), device=device).reshape(-1, 1, 1)
-    s2 = k2.to(dtype)[None] / (a * a).to(dtype)                                  # Å⁻², (B, D, D)
+    s2 = k2.to(dtype)[None] / (a * a).to(dtype)  # Å⁻², (B, D, D)
     ang = torch.deg2rad(col(params.defocus_angle))
     du, dv = col(params.defocus_u), col(params.defocus_v)
-    df = (0.5 * (du + dv) + 0.5 * (du - dv) * (torch.cos(2 * ang) * c2t.to(dtype) + torch.sin(2 * ang) * s2t.to(dtype))).to(dtype)
+    df = (
+        0.5 * (du + dv) + 0.5 * (du - dv) * (torch.cos(2 * ang) * c2t.to(dtype) + torch.sin(2 * ang) * s2t.to(dtype))
+    ).to(dtype)
     lam = wavelength_A(col(params.voltage))
     cs = col(params.cs) * 1e7
-    a1, a2 = (-math.pi * lam).to(dtype), (0.5 * math.pi * cs * lam ** 3).to(dtype)
+    a1, a2 = (-math.pi * lam).to(dtype), (0.5 * math.pi * cs * lam**3).to(dtype)
     off = (torch.deg2rad(col(params.phase_shift)) + torch.asin(col(params.amplitude_contrast))).to(dtype)
     gamma = a1 * df * s2 + a2 * s2 * s2 - off
     return -torch.sin(gamma)
 
 # %% ../../nbs/10_cryosieve.ipynb #1bedf416
-def score_particles(particles: SieveParticles, volumes, frequency: float, angpix: float | None = None, mask=None,
-                    rows=None, batch_size: int = 128, device=None, precision: str = "double",
-                    oversampling: int = 2, progress: bool = False) -> np.ndarray:
+def score_particles(
+    particles: SieveParticles,
+    volumes,
+    frequency: float,
+    angpix: float | None = None,
+    mask=None,
+    rows=None,
+    batch_size: int = 128,
+    device=None,
+    precision: str = "double",
+    oversampling: int = 2,
+    progress: bool = False,
+) -> np.ndarray:
     """CryoSieve scores of the particles `rows` (default all; `(M,)` indices into the star) → `(M,)` float64.
 
     `volumes`: list of K maps `(D,D,D)` (arrays/tensors), one per distinct `rlnRandomSubset` value in
@@ -212,24 +278,32 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
     `batch_size` images; `precision` 'double' (reference) or 'single'.
     Raises `InputError` on a half-set without a map or a box mismatch."""
     from cryonb.projection import prepare_volume, project_ft
+
     dev = get_device(device)
-    if precision not in ("double", "single"): raise InputError(f"precision must be 'double' or 'single', got {precision!r}")
+    if precision not in ("double", "single"):
+        raise InputError(f"precision must be 'double' or 'single', got {precision!r}")
     rdt = torch.float64 if precision == "double" else torch.float32
     cdt = torch.complex128 if precision == "double" else torch.complex64
     subsets = np.unique(particles.halfset)
     vols = list(volumes)
     if len(vols) != len(subsets):
-        raise InputError(f"{particles.path}: {len(subsets)} half-sets (rlnRandomSubset values {subsets.tolist()}) "
-                         f"but {len(vols)} volume(s) given; pass one --volume per half-set, in ascending subset order")
+        raise InputError(
+            f"{particles.path}: {len(subsets)} half-sets (rlnRandomSubset values {subsets.tolist()}) "
+            f"but {len(vols)} volume(s) given; pass one --volume per half-set, in ascending subset order"
+        )
     D = particles.D
     m = None if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.float64, device=dev)
     vfts, done = {}, {}
     for k, v0 in zip(subsets, vols):
-        if id(v0) in done: vfts[int(k)] = done[id(v0)]; continue      # the same map for several half-sets: prepare once
+        if id(v0) in done:
+            vfts[int(k)] = done[id(v0)]
+            continue  # the same map for several half-sets: prepare once
         v = torch.as_tensor(as_numpy(v0), dtype=torch.float64, device=dev)
-        if tuple(v.shape) != (D, D, D): raise InputError(f"half-map for subset {k} has shape {tuple(v.shape)}, images are {D}×{D}")
+        if tuple(v.shape) != (D, D, D):
+            raise InputError(f"half-map for subset {k} has shape {tuple(v.shape)}, images are {D}×{D}")
         if m is not None:
-            if m.shape != v.shape: raise InputError(f"mask has shape {tuple(m.shape)}, maps are {tuple(v.shape)}")
+            if m.shape != v.shape:
+                raise InputError(f"mask has shape {tuple(m.shape)}, maps are {tuple(v.shape)}")
             v = v * m
         vfts[int(k)] = done[id(v0)] = prepare_volume(v.to(rdt), oversampling=oversampling)
     rows = np.arange(len(particles)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -237,20 +311,23 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
         hp_fixed = highpass_mask(D, float(angpix), float(frequency), device=dev).to(rdt)
     else:
         from cryonb.fourier import radius_grid
+
         r_px = radius_grid(D, 2, device=dev, dtype=torch.float64)
     scores = np.empty(len(rows), dtype=np.float64)
     it = range(0, len(rows), batch_size)
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(it, desc="sieve", unit_scale=batch_size)
     for i0 in it:
-        idx = rows[i0:i0 + batch_size]
+        idx = rows[i0 : i0 + batch_size]
         img = torch.as_tensor(particles.images(idx), device=dev).to(rdt)
         img_ft = fft2c(img)
         img_ft = phase_shift(img_ft, torch.as_tensor(particles.shifts_px[idx], device=dev), 1.0).to(cdt)
         rot = torch.as_tensor(particles.rotations[idx], device=dev, dtype=rdt)
         ctf = _ctf_batch(particles.ctf_params(idx, device=dev, dtype=rdt), particles.apix[idx], D, dev, rdt)
-        if angpix is not None: hp = hp_fixed
+        if angpix is not None:
+            hp = hp_fixed
         else:
             # each particle at its own pixel size: keep |k| >= D·apix/f, as `highpass_mask`
             c = torch.as_tensor(D * particles.apix[idx] / float(frequency), device=dev, dtype=torch.float64)
@@ -260,7 +337,7 @@ def score_particles(particles: SieveParticles, volumes, frequency: float, angpix
         for k in np.unique(hs):
             sel = torch.as_tensor(np.flatnonzero(hs == k), device=dev)
             proj[sel] = project_ft(vfts[int(k)], rot[sel]).to(cdt)
-        scores[i0:i0 + len(idx)] = sieve_score_ft(proj, img_ft, ctf, hp).double().cpu().numpy()
+        scores[i0 : i0 + len(idx)] = sieve_score_ft(proj, img_ft, ctf, hp).double().cpu().numpy()
     return scores
 
 # %% ../../nbs/10_cryosieve.ipynb #0b130cb7
@@ -270,15 +347,20 @@ def load_map(path) -> tuple[np.ndarray, float | None]:
     `InputError` (not a map, truncated, NaN/Inf voxels) naming the file."""
     vol, apix = read_map(path)
     vol = np.asarray(vol, dtype=np.float64)
-    if not np.isfinite(vol).all(): raise InputError(f"{path}: the map contains NaN or Inf voxels")
+    if not np.isfinite(vol).all():
+        raise InputError(f"{path}: the map contains NaN or Inf voxels")
     return vol, apix
+
 
 def _check_map_apix(star, parts_apix: float, maps: dict):
     "Refuse maps whose header pixel size differs from the particles' (a 1 Å/px half-map for 2 Å/px particles)."
     for path, apix in maps.items():
         if apix is not None and abs(apix - parts_apix) > 1e-3 * parts_apix:
-            raise InputError(f"{path}: pixel size {apix:.4g} Å in the map header, but the particles of {star} have "
-                             f"{parts_apix:.4g} Å; resample the map (cryonb downsample) or check --angpix")
+            raise InputError(
+                f"{path}: pixel size {apix:.4g} Å in the map header, but the particles of {star} have "
+                f"{parts_apix:.4g} Å; resample the map (cryonb downsample) or check --angpix"
+            )
+
 
 def sieved_path(output) -> Path:
     "`<stem>_sieved.star` next to `output` (`out.star` → `out_sieved.star`)."
@@ -287,9 +369,22 @@ def sieved_path(output) -> Path:
     return o.with_name(stem + "_sieved.star")
 
 # %% ../../nbs/10_cryosieve.ipynb #6143602d
-def sieve_core(star, output, volumes, frequency: float, angpix: float | None = None, mask=None,
-               retention_ratio: float = 0.8, balance: bool = False, directory=None, device=None,
-               batch_size: int = 128, precision: str = "double", progress: bool = False, verbose: bool = True) -> dict:
+def sieve_core(
+    star,
+    output,
+    volumes,
+    frequency: float,
+    angpix: float | None = None,
+    mask=None,
+    retention_ratio: float = 0.8,
+    balance: bool = False,
+    directory=None,
+    device=None,
+    batch_size: int = 128,
+    precision: str = "double",
+    progress: bool = False,
+    verbose: bool = True,
+) -> dict:
     """One CryoSieve round (`cryosieve-core`): score every particle of `star` against the half-map of
     its own half-set and keep `round(r·N_k)` per half-set.
 
@@ -300,8 +395,10 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
     Under `torch.distributed` the particles are split across ranks and the scores gathered.
     Returns `{'scores' (N,), 'keep' (N,) bool, 'n_in', 'n_kept', 'per_halfset'}` (on every rank).
     Source: Zhu et al. 2023, `cryosieve-core` 1.3.3."""
-    if not 0.0 <= retention_ratio <= 1.0: raise InputError(f"retention_ratio must be in [0, 1], got {retention_ratio}")
-    if not frequency > 0: raise InputError(f"frequency must be > 0 Å, got {frequency}")
+    if not 0.0 <= retention_ratio <= 1.0:
+        raise InputError(f"retention_ratio must be in [0, 1], got {retention_ratio}")
+    if not frequency > 0:
+        raise InputError(f"frequency must be > 0 Å, got {frequency}")
     rank, world = distributed.rank(), distributed.world_size()
     parts = SieveParticles(star, angpix=angpix, directory=directory)
     paths = dict.fromkeys(str(v) for v in [*volumes, mask] if isinstance(v, (str, os.PathLike)))
@@ -309,29 +406,48 @@ def sieve_core(star, output, volumes, frequency: float, angpix: float | None = N
     _check_map_apix(star, float(np.median(parts.apix)), {p: a for p, (_, a) in loaded.items()})
     for p, (v, _) in loaded.items():
         if v.shape != (parts.D,) * 3:
-            raise InputError(f"{p}: map of shape {v.shape}, but the images of {star} are {parts.D}×{parts.D}; "
-                             "maps and mask must have the particles' box")
+            raise InputError(
+                f"{p}: map of shape {v.shape}, but the images of {star} are {parts.D}×{parts.D}; "
+                "maps and mask must have the particles' box"
+            )
     vols = [loaded[str(v)][0] if isinstance(v, (str, os.PathLike)) else v for v in volumes]
     m = loaded[str(mask)][0] if isinstance(mask, (str, os.PathLike)) else mask
     shard = distributed.shard_indices(len(parts))
     t0 = time.time()
-    local = score_particles(parts, vols, frequency, angpix=angpix, mask=m, rows=shard, batch_size=batch_size,
-                            device=device, precision=precision, progress=progress and rank == 0)
+    local = score_particles(
+        parts,
+        vols,
+        frequency,
+        angpix=angpix,
+        mask=m,
+        rows=shard,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        progress=progress and rank == 0,
+    )
     scores = np.concatenate(distributed.all_gather_object(local))
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         names = parts.blocks[parts.particle_block]["rlnImageName"].iloc[bad[:5]].tolist()
-        raise InputError(f"{star}: {len(bad)} particle(s) score NaN/Inf (rows {bad[:5].tolist()}, rlnImageName {names}); "
-                         "check those images and their CTF/pose fields")
+        raise InputError(
+            f"{star}: {len(bad)} particle(s) score NaN/Inf (rows {bad[:5].tolist()}, rlnImageName {names}); "
+            "check those images and their CTF/pose fields"
+        )
     keep = select_per_halfset(scores, parts.halfset, retention_ratio, balance)
-    per = {int(k): (int((parts.halfset == k).sum()), int(keep[parts.halfset == k].sum())) for k in np.unique(parts.halfset)}
+    per = {
+        int(k): (int((parts.halfset == k).sum()), int(keep[parts.halfset == k].sum())) for k in np.unique(parts.halfset)
+    }
     if rank == 0:
         write_star_subset(output, parts.blocks, parts.particle_block, keep)
         write_star_subset(sieved_path(output), parts.blocks, parts.particle_block, ~keep)
         if verbose:
-            for k, (n, kk) in per.items(): _log.info(f"half-set {k}: {n} particles, {kk} kept")
-            _log.info(f"{int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
-                     f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}")
+            for k, (n, kk) in per.items():
+                _log.info(f"half-set {k}: {n} particles, {kk} kept")
+            _log.info(
+                f"{int(keep.sum())}/{len(keep)} kept at {frequency} Å in {time.time() - t0:.2f} s "
+                f"({world} process{'es' if world > 1 else ''}) -> {output}, {sieved_path(output)}"
+            )
     distributed.barrier()
     return dict(scores=scores, keep=keep, n_in=len(keep), n_kept=int(keep.sum()), per_halfset=per)
 
@@ -340,11 +456,14 @@ def _prefixed(prefix: str, suffix: str) -> Path:
     "Reference naming: `prefix + suffix` (`out/` + `_iter1.star` → `out/_iter1.star`)."
     return Path(str(prefix) + suffix)
 
+
 def _base_directory(parts: SieveParticles, directory) -> Path:
     "The folder the star's image paths are relative to (absolute)."
-    if directory is not None: return Path(directory).resolve()
+    if directory is not None:
+        return Path(directory).resolve()
     name = str(parts.blocks[parts.particle_block]["rlnImageName"].iloc[0]).partition("@")[2]
     return Path(".").resolve() if Path(name).is_file() else parts.path.parent.resolve()
+
 
 def reconstruct_halfmaps(parts: SieveParticles, device=None, batch_size: int = 128, regularization="fsc") -> dict:
     """Half-maps from the particles of `parts` with cryonb's reconstruction (`cryonb.reconstruction.Reconstructor`:
@@ -353,22 +472,28 @@ def reconstruct_halfmaps(parts: SieveParticles, device=None, batch_size: int = 1
     The full CTF of the star is used except B-factor/scale. Returns `Reconstructor.finalize`'s dict
     (`half1`, `half2`, `map`, `freqs`, `fsc`, `resolution_A`, ...). Raises `InputError` unless two half-sets."""
     from cryonb.reconstruction import Reconstructor
+
     dev = get_device(device)
     subsets = np.unique(parts.halfset)
-    if len(subsets) != 2: raise InputError(f"{parts.path}: reconstruction needs two half-sets (rlnRandomSubset), found {subsets.tolist()}")
+    if len(subsets) != 2:
+        raise InputError(
+            f"{parts.path}: reconstruction needs two half-sets (rlnRandomSubset), found {subsets.tolist()}"
+        )
     D, apix = parts.D, float(np.median(parts.apix))
     rec = Reconstructor(D, apix, device=dev)
     for sl in batches(len(parts), batch_size):
         idx = np.arange(sl.start, sl.stop)
         img = torch.as_tensor(parts.images(idx), device=dev)
         rot = torch.as_tensor(parts.rotations[idx], device=dev, dtype=torch.float32)
-        sh = torch.as_tensor(parts.shifts_px[idx] * apix, device=dev, dtype=torch.float32)     # Å at the map's pixel size
+        sh = torch.as_tensor(parts.shifts_px[idx] * apix, device=dev, dtype=torch.float32)  # Å at the map's pixel size
         ctf = parts.ctf_params(idx, device=dev, dtype=torch.float32)
         rec.add(img, rot, sh, ctf, torch.as_tensor((parts.halfset[idx] == subsets[1]).astype(np.int64), device=dev))
     return rec.finalize(regularization=regularization)
 
+
 def _run(cmd: list[str], cwd, log) -> subprocess.Popen:
-    log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n"); log.flush()
+    log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+    log.flush()
     return subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
 # %% ../../nbs/10_cryosieve.ipynb #567efe7b
@@ -383,9 +508,13 @@ def _remove_stale_temporaries(prefix: str) -> list[Path]:
     driver with output `prefix` left next to its outputs (a kill cannot clean up after itself). Returns them."""
     folder = Path(prefix) if str(prefix).endswith(("/", os.sep)) else Path(prefix).parent
     stem = "" if str(prefix).endswith(("/", os.sep)) else Path(prefix).name
-    stale = [f for pat in (f".{stem}*.tmp*", f"{stem}_postprocess_iter*/.*.tmp*") for f in folder.glob(pat) if f.is_file()]
-    for f in stale: f.unlink(missing_ok=True)
-    if stale: _log.info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
+    stale = [
+        f for pat in (f".{stem}*.tmp*", f"{stem}_postprocess_iter*/.*.tmp*") for f in folder.glob(pat) if f.is_file()
+    ]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        _log.info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
     return stale
 
 # %% ../../nbs/10_cryosieve.ipynb #e5924922
@@ -393,20 +522,43 @@ def sieve_report(state: dict, path) -> Path:
     """Write the driver's HTML report: retained particles and half-map FSC resolution per iteration,
     the FSC curves, and the parameters (`cryonb.report.Report`). Atomic."""
     from cryonb.report import Report, line_figure, fsc_figure
+
     its = state["iterations"]
     rep = Report("CryoSieve", f"cryonb sieve on {state['params']['i']}")
     rep.add_heading("Progress")
-    df = pd.DataFrame([{k: r.get(k) for k in ("iteration", "n_particles", "resolution_A", "frequency_A", "n_kept")} for r in its])
+    df = pd.DataFrame(
+        [{k: r.get(k) for k in ("iteration", "n_particles", "resolution_A", "frequency_A", "n_kept")} for r in its]
+    )
     if len(df):
-        rep.add_figure(line_figure(df["iteration"], {"particles reconstructed": df["n_particles"].to_numpy(float)},
-                                   xlabel="iteration", ylabel="particles", title="Particles per iteration"),
-                       "Particles in the star reconstructed at each iteration (both half-sets).")
-        rep.add_figure(line_figure(df["iteration"], {"FSC 0.143": df["resolution_A"].to_numpy(float)},
-                                   xlabel="iteration", ylabel="resolution (Å)", title="Half-map FSC resolution"),
-                       "Masked half-map FSC resolution (0.143) of the maps reconstructed at each iteration.")
-        curves = {f"iter {r['iteration']}": (np.asarray(r["fsc_freqs"]), np.asarray(r["fsc"])) for r in its if r.get("fsc")}
-        if curves: rep.add_figure(fsc_figure(curves, apix=state["apix"]), "Half-map FSC per iteration.")
-        rep.add_table(df, "Per iteration: particles reconstructed, resolution, high-pass threshold used for sieving, particles kept.")
+        rep.add_figure(
+            line_figure(
+                df["iteration"],
+                {"particles reconstructed": df["n_particles"].to_numpy(float)},
+                xlabel="iteration",
+                ylabel="particles",
+                title="Particles per iteration",
+            ),
+            "Particles in the star reconstructed at each iteration (both half-sets).",
+        )
+        rep.add_figure(
+            line_figure(
+                df["iteration"],
+                {"FSC 0.143": df["resolution_A"].to_numpy(float)},
+                xlabel="iteration",
+                ylabel="resolution (Å)",
+                title="Half-map FSC resolution",
+            ),
+            "Masked half-map FSC resolution (0.143) of the maps reconstructed at each iteration.",
+        )
+        curves = {
+            f"iter {r['iteration']}": (np.asarray(r["fsc_freqs"]), np.asarray(r["fsc"])) for r in its if r.get("fsc")
+        }
+        if curves:
+            rep.add_figure(fsc_figure(curves, apix=state["apix"]), "Half-map FSC per iteration.")
+        rep.add_table(
+            df,
+            "Per iteration: particles reconstructed, resolution, high-pass threshold used for sieving, particles kept.",
+        )
     rep.add_params(state["params"])
     with atomic_write(path) as tmp:
         tmp.write_text(rep.to_html(), encoding="utf-8")
@@ -418,11 +570,32 @@ def _relion_reconstruct(cmdline: str, star: Path, halves: list[Path], apix: floa
     reference's flags (`--ctf true`, `--angpix`, `--sym`) in `cwd`, output to `halves`; output appended to
     `log_path`. Raises `RuntimeError` naming the exit codes and the log."""
     with open(log_path, "a") as log:
-        procs = [_run(shlex.split(cmdline) + ["--i", str(Path(star).resolve()), "--o", str(Path(h).resolve()), "--angpix", str(apix),
-                                              "--sym", sym, "--ctf", "true", "--subset", str(k)], cwd, log)
-                 for k, h in zip((1, 2), halves)]
+        procs = [
+            _run(
+                shlex.split(cmdline)
+                + [
+                    "--i",
+                    str(Path(star).resolve()),
+                    "--o",
+                    str(Path(h).resolve()),
+                    "--angpix",
+                    str(apix),
+                    "--sym",
+                    sym,
+                    "--ctf",
+                    "true",
+                    "--subset",
+                    str(k),
+                ],
+                cwd,
+                log,
+            )
+            for k, h in zip((1, 2), halves)
+        ]
         codes = [p.wait() for p in procs]
-    if any(codes): raise RuntimeError(f"{cmdline} failed (exit codes {codes}); see {log_path}")
+    if any(codes):
+        raise RuntimeError(f"{cmdline} failed (exit codes {codes}); see {log_path}")
+
 
 def _relion_postprocess(cmdline: str, halves: list[Path], mask, folder: Path, apix: float, cwd) -> None:
     """Run RELION's post-processing `cmdline` on the half-maps with the reference's flags (`--auto_bfac
@@ -431,10 +604,22 @@ def _relion_postprocess(cmdline: str, halves: list[Path], mask, folder: Path, ap
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "postprocess.log", "a") as log:
         cmd = shlex.split(cmdline) + (["--mask", str(Path(mask).resolve())] if mask is not None else [])
-        cmd += ["--i", str(Path(halves[0]).resolve()), "--i2", str(Path(halves[1]).resolve()),
-                "--o", str((folder / "postprocess").resolve()), "--angpix", str(apix), "--auto_bfac", "--autob_lowres", "10"]
+        cmd += [
+            "--i",
+            str(Path(halves[0]).resolve()),
+            "--i2",
+            str(Path(halves[1]).resolve()),
+            "--o",
+            str((folder / "postprocess").resolve()),
+            "--angpix",
+            str(apix),
+            "--auto_bfac",
+            "--autob_lowres",
+            "10",
+        ]
         code = _run(cmd, cwd, log).wait()
-    if code: raise RuntimeError(f"{cmdline} failed (exit code {code}); see {folder / 'postprocess.log'}")
+    if code:
+        raise RuntimeError(f"{cmdline} failed (exit code {code}); see {folder / 'postprocess.log'}")
 
 # %% ../../nbs/10_cryosieve.ipynb #640d240d
 def balanced_rows(halfset, seed: int = 0) -> np.ndarray:
@@ -450,11 +635,29 @@ def balanced_rows(halfset, seed: int = 0) -> np.ndarray:
     return keep
 
 # %% ../../nbs/10_cryosieve.ipynb #a2acd9d1
-def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = "C1", num_iters: int = 10,
-          frequency_start: float = 50.0, frequency_end: float = 3.0, retention_ratio: float = 0.8, balance: bool = False,
-          seed: int = 0, reconstruct_software: str | None = None, postprocess_software: str | None = None,
-          postprocess: bool = False, directory=None, device=None, batch_size: int = 128, precision: str = "double",
-          num_gpus: int = 1, verbose: bool = True, core_runner=None) -> dict:
+def sieve(
+    star,
+    output: str,
+    angpix: float | None = None,
+    mask=None,
+    sym: str = "C1",
+    num_iters: int = 10,
+    frequency_start: float = 50.0,
+    frequency_end: float = 3.0,
+    retention_ratio: float = 0.8,
+    balance: bool = False,
+    seed: int = 0,
+    reconstruct_software: str | None = None,
+    postprocess_software: str | None = None,
+    postprocess: bool = False,
+    directory=None,
+    device=None,
+    batch_size: int = 128,
+    precision: str = "double",
+    num_gpus: int = 1,
+    verbose: bool = True,
+    core_runner=None,
+) -> dict:
     """The iterative CryoSieve driver (reference `cryosieve`): `num_iters` rounds of reconstruct half-maps →
     FSC / post-process → sieve at `f_i` (`sieve_frequencies`). `output` is a path prefix (`out/` or
     `out/run`). Writes `<o>_iter{i}.star` (i = 0..n; 0 is the input, balanced if asked), `<o>_iter{i}_sieved.star`,
@@ -469,19 +672,34 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     `torchrun`; the library itself never launches processes). Returns the state dict."""
     from cryonb.fourier import fsc
     from cryonb.report import fsc_crossing
+
     out = str(output)
-    params = dict(i=str(Path(star).resolve()), o=out, angpix=angpix, mask=None if mask is None else str(Path(mask).resolve()),
-                  sym=sym, num_iters=num_iters, frequency_start=frequency_start, frequency_end=frequency_end,
-                  retention_ratio=retention_ratio, balance=balance, seed=seed, reconstruct_software=reconstruct_software,
-                  postprocess_software=postprocess_software, postprocess=postprocess)
+    params = dict(
+        i=str(Path(star).resolve()),
+        o=out,
+        angpix=angpix,
+        mask=None if mask is None else str(Path(mask).resolve()),
+        sym=sym,
+        num_iters=num_iters,
+        frequency_start=frequency_start,
+        frequency_end=frequency_end,
+        retention_ratio=retention_ratio,
+        balance=balance,
+        seed=seed,
+        reconstruct_software=reconstruct_software,
+        postprocess_software=postprocess_software,
+        postprocess=postprocess,
+    )
     freqs = sieve_frequencies(frequency_start, frequency_end, num_iters)
     if sym.upper() != "C1" and reconstruct_software is None:
-        raise InputError(f"--sym {sym}: cryonb's reconstruction is C1 only; pass --reconstruct_software relion_reconstruct for symmetry")
+        raise InputError(
+            f"--sym {sym}: cryonb's reconstruction is C1 only; pass --reconstruct_software relion_reconstruct for symmetry"
+        )
     state_path = _prefixed(out, "_state.json")
     report_path = Path(out + "report.html") if out.endswith(("/", os.sep)) else _prefixed(out, "_report.html")
     parts0 = SieveParticles(star, angpix=angpix, directory=directory)
     _remove_stale_temporaries(out)
-    m = load_map(mask)[0] if mask is not None else None          # checked before anything is written
+    m = load_map(mask)[0] if mask is not None else None  # checked before anything is written
     if m is not None and m.shape != (parts0.D,) * 3:
         raise InputError(f"{mask}: mask of shape {m.shape}, but the images of {star} are {parts0.D}×{parts0.D}")
     base = _base_directory(parts0, directory)
@@ -489,8 +707,10 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
-        if diff: raise InputError(f"{state_path}: an earlier run used other arguments {diff}; use another --o or delete it")
-        if verbose: _log.info(f"resuming after iteration {len(state['iterations']) - 1} ({state_path})")
+        if diff:
+            raise InputError(f"{state_path}: an earlier run used other arguments {diff}; use another --o or delete it")
+        if verbose:
+            _log.info(f"resuming after iteration {len(state['iterations']) - 1} ({state_path})")
     else:
         state = dict(params=params, frequencies=freqs, apix=apix, iterations=[])
         it0 = _prefixed(out, "_iter0.star")
@@ -504,44 +724,86 @@ def sieve(star, output: str, angpix: float | None = None, mask=None, sym: str = 
         parts = SieveParticles(cur, angpix=angpix, directory=base)
         halves = [_prefixed(out, f"_iter{i}_half{k}.mrc") for k in (1, 2)]
         if reconstruct_software:
-            _relion_reconstruct(reconstruct_software, cur, halves, apix, sym, base, _prefixed(out, f"_iter{i}_reconstruct.log"))
+            _relion_reconstruct(
+                reconstruct_software, cur, halves, apix, sym, base, _prefixed(out, f"_iter{i}_reconstruct.log")
+            )
             maps = [load_map(h)[0] for h in halves]
         else:
             rec = reconstruct_halfmaps(parts, device=device, batch_size=batch_size)
             maps = [rec["half1"], rec["half2"]]
-            for h, v in zip(halves, maps): write_map(h, v, apix)
+            for h, v in zip(halves, maps):
+                write_map(h, v, apix)
             maps = [as_numpy(v).astype(np.float64) for v in maps]
         pp = _prefixed(out, f"_postprocess_iter{i}")
         if postprocess_software:
             _relion_postprocess(postprocess_software, halves, mask, pp, apix, base)
         if postprocess and not postprocess_software:
             from cryonb.reconstruction import postprocess as _pp, write_postprocess
-            res_pp = _pp(torch.as_tensor(maps[0]), torch.as_tensor(maps[1]), apix, mask=None if m is None else torch.as_tensor(m))
+
+            res_pp = _pp(
+                torch.as_tensor(maps[0]), torch.as_tensor(maps[1]), apix, mask=None if m is None else torch.as_tensor(m)
+            )
             write_postprocess(res_pp, pp, "postprocess")
             f_, c_, res = res_pp["freqs"], res_pp["fsc"], float(res_pp["resolution_A"])
-        else:   # plain (masked) half-map FSC, first crossing of 0.143
-            f_, c_ = fsc(torch.as_tensor(maps[0]), torch.as_tensor(maps[1]), mask=None if m is None else torch.as_tensor(m))
+        else:  # plain (masked) half-map FSC, first crossing of 0.143
+            f_, c_ = fsc(
+                torch.as_tensor(maps[0]), torch.as_tensor(maps[1]), mask=None if m is None else torch.as_tensor(m)
+            )
             res, _ = fsc_crossing(f_, c_, 0.143, apix)
         nxt = _prefixed(out, f"_iter{i + 1}.star")
         if num_gpus > 1:
-            if core_runner is None: raise InputError("num_gpus > 1 needs a core_runner (the `cryonb sieve` command provides one)")
-            kw = dict(star=str(cur), output=str(nxt), volumes=[str(h) for h in halves], frequency=freqs[i], angpix=angpix,
-                      mask=None if mask is None else str(mask), retention_ratio=retention_ratio, directory=str(base),
-                      device=None if device is None else str(device), batch_size=batch_size, precision=precision)
+            if core_runner is None:
+                raise InputError("num_gpus > 1 needs a core_runner (the `cryonb sieve` command provides one)")
+            kw = dict(
+                star=str(cur),
+                output=str(nxt),
+                volumes=[str(h) for h in halves],
+                frequency=freqs[i],
+                angpix=angpix,
+                mask=None if mask is None else str(mask),
+                retention_ratio=retention_ratio,
+                directory=str(base),
+                device=None if device is None else str(device),
+                batch_size=batch_size,
+                precision=precision,
+            )
             core_runner(kw, num_gpus)
             n_kept = len(SieveParticles(nxt, angpix=angpix, directory=base))
         else:
-            r = sieve_core(cur, nxt, maps, freqs[i], angpix=angpix, mask=m, retention_ratio=retention_ratio,
-                           directory=base, device=device, batch_size=batch_size, precision=precision, verbose=False)
+            r = sieve_core(
+                cur,
+                nxt,
+                maps,
+                freqs[i],
+                angpix=angpix,
+                mask=m,
+                retention_ratio=retention_ratio,
+                directory=base,
+                device=device,
+                batch_size=batch_size,
+                precision=precision,
+                verbose=False,
+            )
             n_kept = r["n_kept"]
-        record = dict(iteration=i, n_particles=len(parts), resolution_A=float(res), frequency_A=freqs[i], n_kept=n_kept,
-                   fsc_freqs=np.asarray(f_, dtype=float).tolist(), fsc=np.asarray(c_, dtype=float).tolist(),
-                   seconds=round(time.time() - t0, 2))
+        record = dict(
+            iteration=i,
+            n_particles=len(parts),
+            resolution_A=float(res),
+            frequency_A=freqs[i],
+            n_kept=n_kept,
+            fsc_freqs=np.asarray(f_, dtype=float).tolist(),
+            fsc=np.asarray(c_, dtype=float).tolist(),
+            seconds=round(time.time() - t0, 2),
+        )
         state["iterations"].append(record)
         _write_json(state_path, state)
         sieve_report(state, report_path)
-        if verbose: _log.info(f"iteration {i}: {len(parts)} particles, half-map FSC {res:.2f} Å, sieved at {freqs[i]} Å -> {n_kept} kept ({record['seconds']} s)")
-    if not state["iterations"] or not report_path.is_file(): sieve_report(state, report_path)
+        if verbose:
+            _log.info(
+                f"iteration {i}: {len(parts)} particles, half-map FSC {res:.2f} Å, sieved at {freqs[i]} Å -> {n_kept} kept ({record['seconds']} s)"
+            )
+    if not state["iterations"] or not report_path.is_file():
+        sieve_report(state, report_path)
     state["report"] = str(report_path)
     return state
 
@@ -553,12 +815,24 @@ def _demo_run(ctx, params: dict) -> dict:
     from cryonb.simulate import simulate_dataset
     from cryonb.reconstruction import reconstruct_dataset
     from cryonb.fourier import fsc, fsc_resolution, fsc_auc
+
     p, md = ctx.params, ctx.method_dir("CryoSieve")
     ds = md / "dataset"
     md.mkdir(parents=True, exist_ok=True)
     ctx.stage("simulating a junk-planted stack")
-    simulate_dataset([adk_files()["closed"]], ds, params["images"], D=p["D"], apix=p["apix"], snr=p["snr"],
-                     seed=ctx.seed + 1, max_shift_px=2.0, junk_fraction=0.25, junk_kind="noise", device=ctx.device)
+    simulate_dataset(
+        [adk_files()["closed"]],
+        ds,
+        params["images"],
+        D=p["D"],
+        apix=p["apix"],
+        snr=p["snr"],
+        seed=ctx.seed + 1,
+        max_shift_px=2.0,
+        junk_fraction=0.25,
+        junk_kind="noise",
+        device=ctx.device,
+    )
     gt = torch.as_tensor(read_map(ds / "gt_maps" / "state_000.mrc")[0])
     junk = np.load(ds / "junk.npy").astype(bool)
 
@@ -567,25 +841,59 @@ def _demo_run(ctx, params: dict) -> dict:
         h1, h2, m = (torch.as_tensor(r[k]).float().cpu() for k in ("half1", "half2", "map"))
         f, c = fsc(h1, h2)
         fg, cg = fsc(m, gt)
-        return h1, h2, dict(res_0143_A=fsc_resolution(f, c, 0.143, p["apix"]), res_05_A=fsc_resolution(f, c, 0.5, p["apix"]),
-                            auc_vs_gt=float(fsc_auc(fg, cg)), fsc_half=c.tolist(), freqs=f.tolist())
+        return (
+            h1,
+            h2,
+            dict(
+                res_0143_A=fsc_resolution(f, c, 0.143, p["apix"]),
+                res_05_A=fsc_resolution(f, c, 0.5, p["apix"]),
+                auc_vs_gt=float(fsc_auc(fg, cg)),
+                fsc_half=c.tolist(),
+                freqs=f.tolist(),
+            ),
+        )
 
     ctx.stage("half-maps before sieving")
     h1, h2, before = recon(ds / "particles.star")
     write_map(md / "half1.mrc", h1.numpy(), p["apix"])
     write_map(md / "half2.mrc", h2.numpy(), p["apix"])
-    freq_A = max(4 * p["apix"], 2.5 * before["res_05_A"])   # high-pass: ignore what is below ~half the 0.5-FSC resolution
+    freq_A = max(
+        4 * p["apix"], 2.5 * before["res_05_A"]
+    )  # high-pass: ignore what is below ~half the 0.5-FSC resolution
     ctx.stage("sieving")
-    r = sieve_core(ds / "particles.star", md / "kept.star", [md / "half1.mrc", md / "half2.mrc"], freq_A, retention_ratio=0.8,
-                   device=ctx.device, verbose=False)
+    r = sieve_core(
+        ds / "particles.star",
+        md / "kept.star",
+        [md / "half1.mrc", md / "half2.mrc"],
+        freq_A,
+        retention_ratio=0.8,
+        device=ctx.device,
+        verbose=False,
+    )
     removed = np.flatnonzero(~r["keep"])
     tp = int(junk[removed].sum())
     ctx.stage("half-maps after sieving")
     _, _, after = recon(md / "kept.star")
-    return dict(n_in=int(len(junk)), n_junk=int(junk.sum()), n_kept=int(r["n_kept"]), n_removed=int(len(removed)),
-                junk_removed=tp, precision=tp / max(len(removed), 1), recall=tp / max(int(junk.sum()), 1),
-                frequency_A=freq_A, before=before, after=after)
+    return dict(
+        n_in=int(len(junk)),
+        n_junk=int(junk.sum()),
+        n_kept=int(r["n_kept"]),
+        n_removed=int(len(removed)),
+        junk_removed=tp,
+        precision=tp / max(len(removed), 1),
+        recall=tp / max(int(junk.sum()), 1),
+        frequency_A=freq_A,
+        before=before,
+        after=after,
+    )
 
-DEMO_METHODS = [dict(name="CryoSieve", run=_demo_run, kind="sieving",
-                     description="particle sieving against half-maps (Zhu et al., Nat. Commun. 2023)",
-                     presets={"tiny": dict(images=300), "small": dict(images=800), "full": dict(images=20000)})]
+
+DEMO_METHODS = [
+    dict(
+        name="CryoSieve",
+        run=_demo_run,
+        kind="sieving",
+        description="particle sieving against half-maps (Zhu et al., Nat. Commun. 2023)",
+        presets={"tiny": dict(images=300), "small": dict(images=800), "full": dict(images=20000)},
+    )
+]

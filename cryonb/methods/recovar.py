@@ -29,36 +29,45 @@ __all__ = ['DEMO_METHODS', 'ArraySource', 'DatasetSource', 'prepare_batch', 'sou
 # %% ../../nbs/11_recovar.ipynb #4e063c03
 from ..projection import slice_grid, insert_grid, prepare_volume, grid_to_volume
 
+
 def _plane_coords(D, device, dtype=torch.float32):
     "`(D,D,3)` xyz Fourier-pixel coordinates of the central plane kz=0, indexed `[y,x]`."
     f = torch.arange(D, device=device, dtype=dtype) - D // 2
     ky, kx = torch.meshgrid(f, f, indexing="ij")
     return torch.stack([kx, ky, torch.zeros_like(kx)], -1)
 
+
 def _pad_ft(vol, os_: int = 2):
     "Real volume `(D,D,D)` → `(M,M,M)` grid for `slice_grid` (`cryonb.projection.prepare_volume`: gridding-corrected, padded, FT)."
     return prepare_volume(vol.float(), os_).grid.to(torch.complex64)
 
+
 def _unpad_ft(grid, D, os_: int = 2):
     "Inverse of `_pad_ft`: centred FT grid `(M,M,M)` → real volume `(D,D,D)` (central crop)."
     x = ifft3c(grid).real
-    if os_ == 1: return x
+    if os_ == 1:
+        return x
     a = (grid.shape[-1] - D) // 2
-    return x[..., a:a + D, a:a + D, a:a + D].contiguous()
+    return x[..., a : a + D, a : a + D, a : a + D].contiguous()
+
 
 def _gridding_correction(D, os_, device):
     "Real-space `sinc²` apodisation of trilinear interpolation on an `os·D` grid, `(D,D,D)` (`cryonb.projection.gridding_correction`)."
     from cryonb.projection import gridding_correction
+
     return gridding_correction(D, os_ * D, torch.float32, device)
+
 
 def _radius3(M, os_, device):
     "`|k|` in D-grid Fourier pixels on a centred grid of side M = os·D."
     f = (torch.arange(M, device=device, dtype=torch.float32) - M // 2) / os_
     return torch.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
 
+
 def _shells3(M, os_, device):
     "Shell index `round(|k|)` (D-grid pixels) of every voxel of an `M³` grid, int64."
     return torch.round(_radius3(M, os_, device)).long()
+
 
 def _shells2(D, device):
     f = torch.arange(D, device=device, dtype=torch.float32) - D // 2
@@ -70,8 +79,19 @@ class ArraySource:
     (origin, `(x,y)`); `ctf`: a `cryonb.ctf.CTFParams` (N entries) or precomputed CTF images `(N,D,D)` or
     `None` (no CTF); `apix` Å/px; `halfset (N,)` 0/1 or `None` (seeded 50/50 split); `labels (N,)` optional
     ground truth. Raises `InputError` on inconsistent shapes."""
-    def __init__(self, images, rotations, shifts_A=None, ctf=None, apix: float = 1.0, halfset=None, labels=None,
-                 seed: int = 0, device=None):
+
+    def __init__(
+        self,
+        images,
+        rotations,
+        shifts_A=None,
+        ctf=None,
+        apix: float = 1.0,
+        halfset=None,
+        labels=None,
+        seed: int = 0,
+        device=None,
+    ):
         self.device = get_device(device)
         self.images = torch.as_tensor(images, dtype=torch.float32)
         if self.images.dim() != 3 or self.images.shape[1] != self.images.shape[2]:
@@ -95,16 +115,29 @@ class ArraySource:
         "Yield prepared batches (see `prepare_batch`)."
         idx_all = torch.arange(self.n) if indices is None else torch.as_tensor(indices).long()
         for s in range(0, len(idx_all), batch_size):
-            idx = idx_all[s:s + batch_size]
-            if self.ctf is None: c = None
-            elif isinstance(self.ctf, (torch.Tensor, np.ndarray)): c = torch.as_tensor(self.ctf[idx.numpy()], dtype=torch.float32)
-            else: c = self.ctf[idx]
-            yield prepare_batch(self.images[idx], self.rotations[idx], self.shifts[idx], c, self.apix,
-                                self.halfset[idx], idx, self.device)
+            idx = idx_all[s : s + batch_size]
+            if self.ctf is None:
+                c = None
+            elif isinstance(self.ctf, (torch.Tensor, np.ndarray)):
+                c = torch.as_tensor(self.ctf[idx.numpy()], dtype=torch.float32)
+            else:
+                c = self.ctf[idx]
+            yield prepare_batch(
+                self.images[idx],
+                self.rotations[idx],
+                self.shifts[idx],
+                c,
+                self.apix,
+                self.halfset[idx],
+                idx,
+                self.device,
+            )
+
 
 class DatasetSource:
     """A `cryonb.data.ParticleDataset` as a source (images read lazily in batches). Half-sets: `halfset`, else
     the file's split (`rlnRandomSubset`), else a seeded split."""
+
     def __init__(self, ds, seed: int = 0, device=None, halfset=None):
         self.ds, self.device = ds, get_device(device)
         self.n = len(ds)
@@ -113,26 +146,38 @@ class DatasetSource:
         self.apix = float(ds.apix)
         self.labels = None
         hs = None
-        if halfset is not None: hs = torch.as_tensor(halfset).long()
+        if halfset is not None:
+            hs = torch.as_tensor(halfset).long()
         elif getattr(ds, "halfset_source", None) == "file":
             h = torch.as_tensor(np.asarray(ds.halfset)).long()
-            if h.numel() == self.n and len(torch.unique(h)) == 2: hs = (h == h.max()).long()
+            if h.numel() == self.n and len(torch.unique(h)) == 2:
+                hs = (h == h.max()).long()
         self.halfset = random_halfsets(self.n, seed) if hs is None else hs
         lab = getattr(ds, "labels", None)
-        if lab is not None: self.labels = np.asarray(lab)
+        if lab is not None:
+            self.labels = np.asarray(lab)
 
     def batches(self, batch_size: int = 256, indices=None):
         idx_all = torch.arange(self.n) if indices is None else torch.as_tensor(indices).long()
         for s in range(0, len(idx_all), batch_size):
-            idx = idx_all[s:s + batch_size]
-            b = self.ds.get_batch(idx.numpy()) if hasattr(self.ds, "get_batch") else _collate([self.ds[int(i)] for i in idx])
+            idx = idx_all[s : s + batch_size]
+            b = (
+                self.ds.get_batch(idx.numpy())
+                if hasattr(self.ds, "get_batch")
+                else _collate([self.ds[int(i)] for i in idx])
+            )
             sh = b["shifts"] if b["shifts"] is not None else torch.zeros(len(idx), 2)
-            yield prepare_batch(b["images"], b["rotations"], sh, b["ctf"], self.apix, self.halfset[idx], idx, self.device)
+            yield prepare_batch(
+                b["images"], b["rotations"], sh, b["ctf"], self.apix, self.halfset[idx], idx, self.device
+            )
+
 
 def _collate(items):
     from cryonb.ctf import CTFParams
+
     out = {}
-    for k in ("images", "rotations", "shifts"): out[k] = torch.stack([torch.as_tensor(it[k]) for it in items])
+    for k in ("images", "rotations", "shifts"):
+        out[k] = torch.stack([torch.as_tensor(it[k]) for it in items])
     out["ctf"] = CTFParams.cat([it["ctf"] for it in items])
     return out
 
@@ -145,20 +190,37 @@ def prepare_batch(images, rotations, shifts_A, ctf, apix, halfset, index, device
     x = torch.as_tensor(images, dtype=torch.float32).to(device)
     y = fft2c(x.to(torch.complex64))
     sh = torch.as_tensor(shifts_A, dtype=torch.float32).to(device)
-    if bool((sh != 0).any()): y = phase_shift(y, sh, apix)
-    if ctf is None: c = torch.ones(x.shape, device=device)
-    elif isinstance(ctf, torch.Tensor): c = ctf.to(device, torch.float32)
+    if bool((sh != 0).any()):
+        y = phase_shift(y, sh, apix)
+    if ctf is None:
+        c = torch.ones(x.shape, device=device)
+    elif isinstance(ctf, torch.Tensor):
+        c = ctf.to(device, torch.float32)
     else:
         from cryonb.ctf import ctf_2d
+
         c = ctf_2d(ctf.to(device) if hasattr(ctf, "to") else ctf, D, apix).to(device, torch.float32)
-    return dict(y=y, ctf=c, rot=torch.as_tensor(rotations, dtype=torch.float32).to(device),
-                half=torch.as_tensor(halfset).long().to(device), index=torch.as_tensor(index).long().to(device))
+    return dict(
+        y=y,
+        ctf=c,
+        rot=torch.as_tensor(rotations, dtype=torch.float32).to(device),
+        half=torch.as_tensor(halfset).long().to(device),
+        index=torch.as_tensor(index).long().to(device),
+    )
 
 # %% ../../nbs/11_recovar.ipynb #bf1f2ea3
 def source_from_synthetic(syn: dict, device=None) -> "ArraySource":
     "An `ArraySource` over a `cryonb.synthetic.synthetic_dataset` (its images, poses, shifts, CTF images and labels)."
-    return ArraySource(syn["images"], syn["rotations"], syn["shifts_A"], syn["ctf_images"], syn["apix"],
-                       labels=syn["labels"], seed=syn.get("seed", 0), device=device)
+    return ArraySource(
+        syn["images"],
+        syn["rotations"],
+        syn["shifts_A"],
+        syn["ctf_images"],
+        syn["apix"],
+        labels=syn["labels"],
+        seed=syn.get("seed", 0),
+        device=device,
+    )
 
 # %% ../../nbs/11_recovar.ipynb #e273171d
 def _kmask(D, device):
@@ -166,27 +228,35 @@ def _kmask(D, device):
     f = torch.arange(D, device=device, dtype=torch.float32) - D // 2
     return ((f[:, None] ** 2 + f[None, :] ** 2) < (D // 2) ** 2).float()
 
+
 def _profile_to_image(profile, D, device):
     "Radial profile `(n,)` (shell = round(|k|) in px) painted on the `(D,D)` centred image grid."
     sh = _shells2(D, device).clamp(max=len(profile) - 1)
     return profile.to(device)[sh]
 
+
 def _soft_sphere(D, device, radius=None, edge=2.0):
     "The sphere that bounds RECOVAR's maps: radius `D/2 − 1 − edge` px with a 2-px raised-cosine edge (`reconstruction.sphere_mask`)."
     return sphere_mask(D, D / 2 - 1 - edge if radius is None else radius, edge, device=device)
 
+
 def white_noise_level(source, n_max: int = 2000, batch_size: int = 256) -> float:
     """Initial scalar noise variance σ² (per Fourier pixel, unnormalized FFT): the median over shells of the
     radially averaged mean image power spectrum of at most `n_max` images (RECOVAR's first guess)."""
-    D = source.D; acc, n = None, 0
+    D = source.D
+    acc, n = None, 0
     for b in source.batches(batch_size, indices=torch.arange(min(n_max, source.n))):
-        p = (b["y"].abs() ** 2).sum(0); acc = p if acc is None else acc + p; n += len(b["y"])
+        p = (b["y"].abs() ** 2).sum(0)
+        acc = p if acc is None else acc + p
+        n += len(b["y"])
     prof = shell_average((acc / n).double(), _shells2(D, acc.device), D // 2)
     return float(prof[1:].median())
 
+
 def _mean_from_acc(Fy, Fc, tau, D, os_, sphere):
     "Solve one mean from accumulators on the M³ grid with prior `tau (n,)` (per D-pixel shell) → real `(D,D,D)`."
-    M = Fy.shape[-1]; sh = _shells3(M, os_, Fy.device)
+    M = Fy.shape[-1]
+    sh = _shells3(M, os_, Fy.device)
     inv = torch.zeros_like(Fc) if tau is None else 1.0 / tau.clamp(min=1e-30)[sh.clamp(max=len(tau) - 1)]
     den = Fc + inv
     floor = 1e-3 * shell_average(Fc.double(), sh, int(sh.max()) + 1).float()[sh]
@@ -195,29 +265,37 @@ def _mean_from_acc(Fy, Fc, tau, D, os_, sphere):
     vol = _unpad_ft(grid, D, os_) / _gridding_correction(D, os_, Fy.device)
     return vol * sphere
 
+
 def _tau_from_fsc(curve, Fc_avg_profile, n):
     "Per-shell prior `τ = SNR/⟨F_c⟩`, SNR = FSC/(1-FSC) (FSC clipped), padded to `n` shells with its last value."
     f = curve.clamp(1e-3, 1 - 1e-3).double()
     tau = (f / (1 - f)) / Fc_avg_profile[: len(f)].clamp(min=1e-30)
-    if len(tau) < n: tau = torch.cat([tau, tau[-1:].expand(n - len(tau))])
+    if len(tau) < n:
+        tau = torch.cat([tau, tau[-1:].expand(n - len(tau))])
     return tau.float()
+
 
 def estimate_mean(source, noise_profile, oversampling: int = 2, n_iter: int = 3, batch_size: int = 256):
     """Regularized mean per half-set (see above). `noise_profile (n_shells,)` noise variance per Fourier pixel
     by shell `round(|k|)`. Returns a dict: `mean (D,D,D)` (both halves, regularized), `halves (2,D,D,D)`
     regularized, `halves_unfil (2,D,D,D)` unregularized, `fsc (D//2,)` of the regularized halves, `tau (n,)`,
     `Fc_profile`, and `mean_ft` (the padded FT of `mean`, for `slice_grid`)."""
-    D, dev, os_ = source.D, source.device, oversampling; M = os_ * D
-    Fy = torch.zeros(2, M, M, M, dtype=torch.complex64, device=dev); Fc = torch.zeros(2, M, M, M, device=dev)
-    km = _kmask(D, dev); lam = _profile_to_image(noise_profile, D, dev)
+    D, dev, os_ = source.D, source.device, oversampling
+    M = os_ * D
+    Fy = torch.zeros(2, M, M, M, dtype=torch.complex64, device=dev)
+    Fc = torch.zeros(2, M, M, M, device=dev)
+    km = _kmask(D, dev)
+    lam = _profile_to_image(noise_profile, D, dev)
     for b in source.batches(batch_size):
         c = b["ctf"] * km
         for h in (0, 1):
             s = b["half"] == h
-            if not bool(s.any()): continue
+            if not bool(s.any()):
+                continue
             Fy[h] += insert_grid((b["y"][s] * c[s] / lam), b["rot"][s], M, os_)
             Fc[h] += insert_grid((c[s] ** 2 / lam).to(torch.complex64), b["rot"][s], M, os_).real
-    sh = _shells3(M, os_, dev); nsh = int(sh.max()) + 1
+    sh = _shells3(M, os_, dev)
+    nsh = int(sh.max()) + 1
     Fc_prof = shell_average((0.5 * (Fc[0] + Fc[1])).double(), sh, nsh)
     sphere = _soft_sphere(D, dev)
     unfil = torch.stack([_mean_from_acc(Fy[h], Fc[h], None, D, os_, sphere) for h in (0, 1)])
@@ -229,8 +307,17 @@ def estimate_mean(source, noise_profile, oversampling: int = 2, n_iter: int = 3,
     _, curve = _fsc_maps(halves[0], halves[1])
     mean = _mean_from_acc(Fy[0] + Fy[1], Fc[0] + Fc[1], tau, D, os_, sphere)
     mean_unreg = _mean_from_acc(Fy[0] + Fy[1], Fc[0] + Fc[1], None, D, os_, sphere)
-    return dict(mean=mean, mean_unreg=mean_unreg, halves=halves, halves_unfil=unfil, fsc=curve.float(), tau=tau,
-                Fc_profile=Fc_prof.float(), mean_ft=_pad_ft(mean, os_), mean_unreg_ft=_pad_ft(mean_unreg, os_))
+    return dict(
+        mean=mean,
+        mean_unreg=mean_unreg,
+        halves=halves,
+        halves_unfil=unfil,
+        fsc=curve.float(),
+        tau=tau,
+        Fc_profile=Fc_prof.float(),
+        mean_ft=_pad_ft(mean, os_),
+        mean_unreg_ft=_pad_ft(mean_unreg, os_),
+    )
 
 # %% ../../nbs/11_recovar.ipynb #00b6f18d
 def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | None = None, D: int | None = None):
@@ -238,28 +325,41 @@ def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | Non
     `input` (needs `input_mask (D,D,D)`; thresholded at 0.5, then `dilate_iter` extra dilations), `sphere`, `none`.
     Raises `InputError` on an unknown option or a missing/mis-sized input."""
     from scipy import ndimage
-    if halves is not None: D = halves.shape[-1]
-    if D is None and input_mask is not None: D = np.asarray(input_mask).shape[-1]
-    if D is None: raise InputError("make_masks: give halves, input_mask or D")
+
+    if halves is not None:
+        D = halves.shape[-1]
+    if D is None and input_mask is not None:
+        D = np.asarray(input_mask).shape[-1]
+    if D is None:
+        raise InputError("make_masks: give halves, input_mask or D")
     ext = int(math.ceil(6 * D / 128))
     f = np.arange(D) - D // 2
     r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
     if option == "from_halfmaps":
-        if halves is None: raise InputError("make_masks: --mask-option from_halfmaps needs the half-maps")
+        if halves is None:
+            raise InputError("make_masks: --mask-option from_halfmaps needs the half-maps")
         avg = np.asarray(torch.as_tensor(halves).float().mean(0).cpu())
         sm = ndimage.gaussian_filter(avg, sigma=max(2.0, D / 64))
         b = sm > otsu_threshold(sm)
         b = ndimage.binary_fill_holes(b)
         lab, nlab = ndimage.label(b)
-        if nlab > 1: b = lab == (1 + np.argmax(ndimage.sum(b, lab, range(1, nlab + 1))))
-        b = ndimage.binary_dilation(b, iterations=ext if dilate_iter is None else max(dilate_iter, 0)) if (dilate_iter is None or dilate_iter > 0) else b
+        if nlab > 1:
+            b = lab == (1 + np.argmax(ndimage.sum(b, lab, range(1, nlab + 1))))
+        b = (
+            ndimage.binary_dilation(b, iterations=ext if dilate_iter is None else max(dilate_iter, 0))
+            if (dilate_iter is None or dilate_iter > 0)
+            else b
+        )
         tight = soften(b, 3)
     elif option == "input":
-        if input_mask is None: raise InputError("make_masks: --mask-option input needs --mask M.mrc")
+        if input_mask is None:
+            raise InputError("make_masks: --mask-option input needs --mask M.mrc")
         m = np.asarray(input_mask, dtype=np.float32)
-        if m.shape != (D, D, D): raise InputError(f"make_masks: mask shape {m.shape} != particle box {(D, D, D)}")
+        if m.shape != (D, D, D):
+            raise InputError(f"make_masks: mask shape {m.shape} != particle box {(D, D, D)}")
         b = m > 0.5
-        if dilate_iter: b = ndimage.binary_dilation(b, iterations=dilate_iter)
+        if dilate_iter:
+            b = ndimage.binary_dilation(b, iterations=dilate_iter)
         tight = soften(b, 3)
     elif option == "sphere":
         tight = soften(r < D / 2 - 3, 3)
@@ -267,8 +367,10 @@ def make_masks(option: str, halves=None, input_mask=None, dilate_iter: int | Non
         tight = np.ones((D, D, D), np.float32)
     else:
         raise InputError(f"make_masks: unknown mask option {option!r} (from_halfmaps|input|sphere|none)")
-    if option == "none": dil = tight.copy()
-    else: dil = soften(ndimage.binary_dilation(tight > 0.5, iterations=ext), 3)
+    if option == "none":
+        dil = tight.copy()
+    else:
+        dil = soften(ndimage.binary_dilation(tight > 0.5, iterations=ext), 3)
     return tight.astype(np.float32), dil.astype(np.float32)
 
 # %% ../../nbs/11_recovar.ipynb #260d26cf
@@ -277,10 +379,12 @@ def estimate_noise(source, mean_ft, dilated_mask, oversampling: int = 2, n_max: 
     `n_max` images. `mean_ft`: padded FT of the mean (`_pad_ft`); `dilated_mask (D,D,D)`."""
     D, dev, os_ = source.D, source.device, oversampling
     mft = _pad_ft(torch.as_tensor(dilated_mask, dtype=torch.float32, device=dev), os_)
-    sh = _shells2(D, dev); km = _kmask(D, dev)
+    sh = _shells2(D, dev)
+    km = _kmask(D, dev)
     f = torch.arange(D, device=dev, dtype=torch.float32) - D // 2
-    corners = (f[:, None] ** 2 + f[None, :] ** 2) >= (D / 2) ** 2        # outside the inscribed circle: never particle
-    out_pow = torch.zeros(D, dtype=torch.float64, device=dev); res_pow = torch.zeros_like(out_pow)
+    corners = (f[:, None] ** 2 + f[None, :] ** 2) >= (D / 2) ** 2  # outside the inscribed circle: never particle
+    out_pow = torch.zeros(D, dtype=torch.float64, device=dev)
+    res_pow = torch.zeros_like(out_pow)
     frac_sum, n = 0.0, 0
     for b in source.batches(batch_size, indices=torch.arange(min(n_max, source.n))):
         ry = b["y"] - b["ctf"] * slice_grid(mean_ft, b["rot"], D, os_)
@@ -289,40 +393,50 @@ def estimate_noise(source, mean_ft, dilated_mask, oversampling: int = 2, n_max: 
         r_out = fft2c((ifft2c(ry).real * outside).to(torch.complex64))
         out_pow += shell_average((r_out.abs() ** 2).double(), sh, D).sum(0)
         res_pow += shell_average((ry.abs() ** 2 * km).double(), sh, D).sum(0)
-        frac_sum += float(outside.mean(dim=(-2, -1)).sum()); n += len(ry)
+        frac_sum += float(outside.mean(dim=(-2, -1)).sum())
+        n += len(ry)
     res = res_pow / n
-    cnt = shell_average(km.double(), sh, D); res = torch.where(cnt > 0, res / cnt.clamp(min=1e-12), res)
-    if frac_sum / n < 0.05: prof = res
-    else: prof = torch.minimum(out_pow / frac_sum, res)
+    cnt = shell_average(km.double(), sh, D)
+    res = torch.where(cnt > 0, res / cnt.clamp(min=1e-12), res)
+    if frac_sum / n < 0.05:
+        prof = res
+    else:
+        prof = torch.minimum(out_pow / frac_sum, res)
     # shells outside the used disc keep the last measured value
-    last = int(D // 2 - 1); prof[last + 1:] = prof[last]
-    return prof.clamp(min=float(prof[1:last + 1].max()) * 1e-6).float()
+    last = int(D // 2 - 1)
+    prof[last + 1 :] = prof[last]
+    return prof.clamp(min=float(prof[1 : last + 1].max()) * 1e-6).float()
 
 # %% ../../nbs/11_recovar.ipynb #011b71f0
 def estimate_variance(source, mean_ft, noise_profile, oversampling: int = 2, batch_size: int = 256):
     "Fourier variance `v (D,D,D)` (≥0) and weights `F_c (D,D,D)` on the `D³` grid (both halves)."
     D, dev, os_ = source.D, source.device, oversampling
-    lam = _profile_to_image(noise_profile, D, dev); km = _kmask(D, dev)
-    num = torch.zeros(D, D, D, device=dev); den = torch.zeros_like(num); Fc = torch.zeros_like(num)
+    lam = _profile_to_image(noise_profile, D, dev)
+    km = _kmask(D, dev)
+    num = torch.zeros(D, D, D, device=dev)
+    den = torch.zeros_like(num)
+    Fc = torch.zeros_like(num)
     for b in source.batches(batch_size):
         c = b["ctf"] * km
         ry = b["y"] - c * slice_grid(mean_ft, b["rot"], D, os_)
-        num += insert_grid((c ** 2 * (ry.abs() ** 2 - lam) / lam ** 2).to(torch.complex64), b["rot"], D, 1).real
-        den += insert_grid((c ** 4 / lam ** 2).to(torch.complex64), b["rot"], D, 1).real
-        Fc += insert_grid((c ** 2 / lam).to(torch.complex64), b["rot"], D, 1).real
+        num += insert_grid((c**2 * (ry.abs() ** 2 - lam) / lam**2).to(torch.complex64), b["rot"], D, 1).real
+        den += insert_grid((c**4 / lam**2).to(torch.complex64), b["rot"], D, 1).real
+        Fc += insert_grid((c**2 / lam).to(torch.complex64), b["rot"], D, 1).real
     floor = 1e-3 * den[den > 0].mean() if bool((den > 0).any()) else 1.0
     v = torch.where(den > floor, num / den.clamp(min=1e-30), torch.zeros_like(num)).clamp(min=0)
     return v, Fc
+
 
 def pick_columns(score, n_columns: int = 300, r_max: float | None = None, min_dist: float = 2.0):
     """Greedy choice of covariance columns: the `n_columns` highest `score (D,D,D)` frequencies with
     `1 ≤ |k| ≤ r_max` (default `max(3, D/4)`) in the half-space kx>0 (or kx=0, ky>0, or kx=ky=0, kz>0),
     at least `min_dist` voxels apart. Returns `(m,3)` int64 xyz Fourier-pixel coordinates."""
-    D = score.shape[-1]; dev = score.device
+    D = score.shape[-1]
+    dev = score.device
     r_max = max(3.0, D / 4) if r_max is None else r_max
     f = torch.arange(D, device=dev) - D // 2
     kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
-    r = torch.sqrt((kx ** 2 + ky ** 2 + kz ** 2).float())
+    r = torch.sqrt((kx**2 + ky**2 + kz**2).float())
     half = (kx > 0) | ((kx == 0) & (ky > 0)) | ((kx == 0) & (ky == 0) & (kz > 0))
     ok = half & (r >= 1) & (r <= r_max)
     cand = torch.stack([kx[ok], ky[ok], kz[ok]], -1)
@@ -330,10 +444,11 @@ def pick_columns(score, n_columns: int = 300, r_max: float | None = None, min_di
     picks = []
     alive = torch.ones(len(cand), dtype=torch.bool, device=dev)
     for _ in range(min(n_columns, len(cand))):
-        if not bool(alive.any()): break
+        if not bool(alive.any()):
+            break
         j = int(torch.argmax(torch.where(alive, sc, torch.full_like(sc, -float("inf")))))
         picks.append(cand[j])
-        alive &= ((cand - cand[j]).float().norm(dim=-1) >= min_dist)
+        alive &= (cand - cand[j]).float().norm(dim=-1) >= min_dist
     return torch.stack(picks).long()
 
 # %% ../../nbs/11_recovar.ipynb #7adcec71
@@ -341,7 +456,9 @@ def _tent_corners(coords, M, width: int = 2):
     """Neighbours of grid coordinates `coords (...,3)` xyz (index units) under the separable tent kernel
     `Π_d max(0, 1 - |ξ_d - k_d|/width)` (width 1 = trilinear): linear indices `(...,(2w)³)` into `M³` `[z,y,x]`
     and weights (0 outside the grid)."""
-    f = torch.floor(coords); t = coords - f; f = f.long()
+    f = torch.floor(coords)
+    t = coords - f
+    f = f.long()
     offs = range(1 - width, width + 1)
     wx = [torch.clamp(1 - (t[..., 0] - o).abs() / width, min=0) for o in offs]
     wy = [torch.clamp(1 - (t[..., 1] - o).abs() / width, min=0) for o in offs]
@@ -356,53 +473,79 @@ def _tent_corners(coords, M, width: int = 2):
                 w.append(torch.where(ok, wz[iz] * wy[iy] * wx[ix], torch.zeros_like(t[..., 0])))
     return torch.stack(idx, -1), torch.stack(w, -1)
 
-def _column_block(source, cols, mean_ft, noise_profile, oversampling, batch_size, r_max, col_os: int = 2, kr_width: int = 2,
-                  d: int | None = None):
+
+def _column_block(
+    source,
+    cols,
+    mean_ft,
+    noise_profile,
+    oversampling,
+    batch_size,
+    r_max,
+    col_os: int = 2,
+    kr_width: int = 2,
+    d: int | None = None,
+):
     """Accumulators `B (2,b,M³)` complex and `H (2,b,M³)` real (M = col_os·d) for the columns `cols (b,3)`
     (one pass over the data). `K_L` (the back-projection) runs on the `col_os`-oversampled grid of the
     Fourier-cropped box `d ≤ D` (frequencies |k| < d/2; default `d = D`); `K_R` (the weights that define
     $s_i(k')$) is a tent of half-width `kr_width` voxels on the `D³` grid (RECOVAR: 2)."""
-    D, dev, os_ = source.D, source.device, oversampling; b = len(cols)
-    d = D if d is None else int(d); M = col_os * d; a0 = D // 2 - d // 2
-    lam = _profile_to_image(noise_profile, D, dev); km = _kmask(D, dev)
-    lut = torch.full((D ** 3,), -1, dtype=torch.long, device=dev)
+    D, dev, os_ = source.D, source.device, oversampling
+    b = len(cols)
+    d = D if d is None else int(d)
+    M = col_os * d
+    a0 = D // 2 - d // 2
+    lam = _profile_to_image(noise_profile, D, dev)
+    km = _kmask(D, dev)
+    lut = torch.full((D**3,), -1, dtype=torch.long, device=dev)
     c0 = cols.to(dev) + D // 2
     lut[(c0[:, 2] * D + c0[:, 1]) * D + c0[:, 0]] = torch.arange(b, device=dev)
     pc = _plane_coords(D, dev).reshape(-1, 3)
-    low = torch.nonzero(pc.norm(dim=-1) <= r_max + 2 * kr_width).squeeze(1)          # pixels that can touch a picked voxel
-    Bacc = torch.zeros(2, b, M ** 3, dtype=torch.complex64, device=dev)
-    Hacc = torch.zeros(2, b, M ** 3, device=dev)
+    low = torch.nonzero(pc.norm(dim=-1) <= r_max + 2 * kr_width).squeeze(1)  # pixels that can touch a picked voxel
+    Bacc = torch.zeros(2, b, M**3, dtype=torch.complex64, device=dev)
+    Hacc = torch.zeros(2, b, M**3, device=dev)
     nhit, ntot = 0, 0
     for bt in source.batches(batch_size):
-        c = bt["ctf"] * km; R = bt["rot"]; nb = len(R)
-        v = c * (bt["y"] - c * slice_grid(mean_ft, R, D, os_)) / lam       # (B,D,D)
-        w = c ** 2 / lam
-        idx8, w8 = _tent_corners(pc[low] @ R + D // 2, D, kr_width)          # (B,P,(2w)³)
-        col = lut[idx8]; w8 = w8 * (col >= 0)
+        c = bt["ctf"] * km
+        R = bt["rot"]
+        nb = len(R)
+        v = c * (bt["y"] - c * slice_grid(mean_ft, R, D, os_)) / lam  # (B,D,D)
+        w = c**2 / lam
+        idx8, w8 = _tent_corners(pc[low] @ R + D // 2, D, kr_width)  # (B,P,(2w)³)
+        col = lut[idx8]
+        w8 = w8 * (col >= 0)
         Kw = torch.zeros(nb, len(low), b, device=dev).scatter_add_(2, col.clamp(min=0), w8)
         vl, wl = v.reshape(nb, -1)[:, low], w.reshape(nb, -1)[:, low]
-        s = torch.einsum("npc,np->nc", Kw.to(torch.complex64), vl)            # (B,b)
+        s = torch.einsum("npc,np->nc", Kw.to(torch.complex64), vl)  # (B,b)
         hw = torch.einsum("npc,np->nc", Kw, wl)
-        hits = hw > 0; nhit += int(hits.sum()); ntot += hits.numel()
+        hits = hw > 0
+        nhit += int(hits.sum())
+        ntot += hits.numel()
         for j in range(b):
             for h in (0, 1):
                 sel = torch.nonzero(hits[:, j] & (bt["half"] == h)).squeeze(1)
-                if len(sel) == 0: continue
+                if len(sel) == 0:
+                    continue
                 img = (v[sel] * s[sel, j].conj()[:, None, None]).reshape(len(sel), -1)
                 img[:, low] -= (Kw[sel, :, j] * wl[sel]).to(img.dtype)
-                img = img.reshape(-1, D, D)[:, a0:a0 + d, a0:a0 + d]
-                hh = (w[sel, a0:a0 + d, a0:a0 + d] * hw[sel, j, None, None]).to(torch.complex64)
+                img = img.reshape(-1, D, D)[:, a0 : a0 + d, a0 : a0 + d]
+                hh = (w[sel, a0 : a0 + d, a0 : a0 + d] * hw[sel, j, None, None]).to(torch.complex64)
                 Bacc[h, j] += insert_grid(img.contiguous(), R[sel], M, col_os).reshape(-1)
                 Hacc[h, j] += insert_grid(hh, R[sel], M, col_os).real.reshape(-1)
     return Bacc, Hacc, nhit / max(ntot, 1)
 
+
 def _regularize_columns(Bacc, Hacc, mask, n_iter: int = 3, col_os: int = 2):
     """Regularized real-space columns `(b, D,D,D)` complex (Σ(x,k'), masked, gridding-corrected) and
     their half-set FSC `(b, n)` per shell of $|k|$."""
-    b = Bacc.shape[1]; D = mask.shape[-1]; dev = Bacc.device; M = col_os * D
-    sh = _shells3(M, col_os, dev).reshape(-1); nsh = int(sh.max()) + 1
+    b = Bacc.shape[1]
+    D = mask.shape[-1]
+    dev = Bacc.device
+    M = col_os * D
+    sh = _shells3(M, col_os, dev).reshape(-1)
+    nsh = int(sh.max()) + 1
     Hm = 0.5 * (Hacc[0] + Hacc[1])
-    Hprof = shell_average(Hm.double(), sh, nsh).float()                      # (b,nsh)
+    Hprof = shell_average(Hm.double(), sh, nsh).float()  # (b,nsh)
     floor = 1e-3 * Hprof[:, sh]
     maskt = torch.as_tensor(mask, device=dev, dtype=torch.float32) / _gridding_correction(D, col_os, dev)
     a = (M - D) // 2
@@ -410,58 +553,87 @@ def _regularize_columns(Bacc, Hacc, mask, n_iter: int = 3, col_os: int = 2):
     def solve(Bv, Hv, inv):
         den = torch.maximum(Hv + inv, floor)
         col = torch.where(den > 0, Bv / den.clamp(min=1e-30), torch.zeros_like(Bv)).reshape(b, M, M, M)
-        return ifft3c(col)[:, a:a + D, a:a + D, a:a + D] * maskt             # real space, cropped, masked
+        return ifft3c(col)[:, a : a + D, a : a + D, a : a + D] * maskt  # real space, cropped, masked
 
-    inv = torch.zeros_like(Hm); shD = _shells3(D, 1, dev).reshape(-1); nD = int(shD.max()) + 1
+    inv = torch.zeros_like(Hm)
+    shD = _shells3(D, 1, dev).reshape(-1)
+    nD = int(shD.max()) + 1
     for _ in range(n_iter):
-        c0 = fft3c(solve(Bacc[0], Hacc[0], inv)).reshape(b, -1); c1 = fft3c(solve(Bacc[1], Hacc[1], inv)).reshape(b, -1)
+        c0 = fft3c(solve(Bacc[0], Hacc[0], inv)).reshape(b, -1)
+        c1 = fft3c(solve(Bacc[1], Hacc[1], inv)).reshape(b, -1)
         num = shell_average((c0 * c1.conj()).real.double(), shD, nD)
         p = torch.sqrt(shell_average(c0.abs().double() ** 2, shD, nD) * shell_average(c1.abs().double() ** 2, shD, nD))
         fscc = torch.where(p > 0, num / p.clamp(min=1e-300), torch.zeros_like(num)).clamp(1e-3, 1 - 1e-3)
         n = min(nD, nsh)
         tau = (fscc[:, :n] / (1 - fscc[:, :n])) / Hprof[:, :n].double().clamp(min=1e-30)
-        if n < nsh: tau = torch.cat([tau, tau[:, -1:].expand(-1, nsh - n)], 1)
+        if n < nsh:
+            tau = torch.cat([tau, tau[:, -1:].expand(-1, nsh - n)], 1)
         inv = (1.0 / tau.clamp(min=1e-30)).float()[:, sh]
     return solve(Bacc[0] + Bacc[1], Hacc[0] + Hacc[1], inv), fscc.float()
 
-def covariance_sketch(source, mean_ft, noise_profile, cols, mask, n_sketch: int = 60, block_size: int = 16,
-                      oversampling: int = 2, batch_size: int = 256, n_iter: int = 3, seed: int = 0, log=None,
-                      col_os: int = 2, kmax: float | None = None):
+
+def covariance_sketch(
+    source,
+    mean_ft,
+    noise_profile,
+    cols,
+    mask,
+    n_sketch: int = 60,
+    block_size: int = 16,
+    oversampling: int = 2,
+    batch_size: int = 256,
+    n_iter: int = 3,
+    seed: int = 0,
+    log=None,
+    col_os: int = 2,
+    kmax: float | None = None,
+):
     """Stream the regularized covariance columns at `cols (m,3)` into a one-pass randomized SVD.
     Returns `dict(basis (n_sketch, D,D,D)` orthonormal real volumes ordered by singular value, `sv (n_sketch,)`,
     `col_fsc (m, n)`, `hit_fraction` (share of image×column pairs back-projected)). `kmax` (px): columns are
     estimated only for |k| < kmax (images Fourier-cropped to the even box `d = 2·ceil(kmax)`, ≤ D), which saves
     `(D/d)²` in back-projection and `(D/d)³` in memory; default: all frequencies."""
     from cryonb.fourier import downsample, fourier_pad
+
     D, dev = source.D, source.device
     d = D if kmax is None else int(min(D, 2 * math.ceil(kmax)))
     mask_d = torch.as_tensor(mask, dtype=torch.float32, device=dev)
-    if d < D: mask_d = downsample(mask_d, d, ndim=3).float().clamp(0, 1)
-    m = len(cols); r_max = float(cols.float().norm(dim=1).max())
+    if d < D:
+        mask_d = downsample(mask_d, d, ndim=3).float().clamp(0, 1)
+    m = len(cols)
+    r_max = float(cols.float().norm(dim=1).max())
     g = torch.Generator(device="cpu").manual_seed(seed)
     p = min(n_sketch, 2 * m)
     maskt = torch.as_tensor(mask, device=dev, dtype=torch.float32).reshape(-1)
     inside = torch.nonzero(maskt > 0.5).squeeze(1)
-    if len(inside) < 4 * p: inside = torch.arange(D ** 3, device=dev)
+    if len(inside) < 4 * p:
+        inside = torch.arange(D**3, device=dev)
     rows = inside[torch.randperm(len(inside), generator=g)[: min(len(inside), 4 * p)].to(dev)]
-    Y = torch.zeros(D ** 3, p, device=dev); W = torch.zeros(len(rows), 2 * m, device=dev)
+    Y = torch.zeros(D**3, p, device=dev)
+    W = torch.zeros(len(rows), 2 * m, device=dev)
     fscs, hits = [], []
     for s0 in range(0, m, block_size):
-        cb = cols[s0:s0 + block_size]; t0 = time.time()
+        cb = cols[s0 : s0 + block_size]
+        t0 = time.time()
         Bacc, Hacc, hf = _column_block(source, cb, mean_ft, noise_profile, oversampling, batch_size, r_max, col_os, d=d)
         f, fscc = _regularize_columns(Bacc, Hacc, mask_d.cpu().numpy() if d < D else mask, n_iter, col_os)
         del Bacc, Hacc
-        if d < D: f = ifft3c(fourier_pad(fft3c(f), D, ndim=3))
+        if d < D:
+            f = ifft3c(fourier_pad(fft3c(f), D, ndim=3))
         f = f.reshape(len(cb), -1)
-        Rb = torch.cat([f.real, f.imag], 0)                                  # (2b, D³)
+        Rb = torch.cat([f.real, f.imag], 0)  # (2b, D³)
         om = torch.randn(2 * len(cb), p, generator=g).to(dev)
         Y += Rb.T @ om
-        W[:, 2 * s0: 2 * s0 + 2 * len(cb)] = Rb[:, rows].T
-        fscs.append(fscc); hits.append(hf)
-        if log: log(f"covariance columns {s0 + len(cb)}/{m}: {time.time() - t0:.1f}s, images back-projected {100 * hf:.0f}%")
+        W[:, 2 * s0 : 2 * s0 + 2 * len(cb)] = Rb[:, rows].T
+        fscs.append(fscc)
+        hits.append(hf)
+        if log:
+            log(
+                f"covariance columns {s0 + len(cb)}/{m}: {time.time() - t0:.1f}s, images back-projected {100 * hf:.0f}%"
+            )
         del f, Rb
     Q, _ = torch.linalg.qr(Y)
-    X = torch.linalg.lstsq(Q[rows], W).solution                              # (p, 2m)
+    X = torch.linalg.lstsq(Q[rows], W).solution  # (p, 2m)
     Ut, sv, _ = torch.linalg.svd(X, full_matrices=False)
     basis = (Q @ Ut).T.reshape(-1, D, D, D)
     return dict(basis=basis, sv=sv, col_fsc=torch.cat(fscs), hit_fraction=float(np.mean(hits)))
@@ -470,47 +642,74 @@ def covariance_sketch(source, mean_ft, noise_profile, cols, mask, n_sketch: int 
 def projected_statistics(source, mean_ft, basis, noise_profile, oversampling: int = 2, batch_size: int = 128):
     """Per-image statistics in the basis `basis (n,D,D,D)` (real, orthonormal). Returns a dict of tensors
     indexed like the source: `G (N,n,n)`, `a (N,n)` (residual), `m (N,n)` (mean), `yy, mm, my (N,)`."""
-    D, dev, os_ = source.D, source.device, oversampling; n = len(basis)
-    lam = _profile_to_image(noise_profile, D, dev); km = _kmask(D, dev); wgt = km / lam
+    D, dev, os_ = source.D, source.device, oversampling
+    n = len(basis)
+    lam = _profile_to_image(noise_profile, D, dev)
+    km = _kmask(D, dev)
+    wgt = km / lam
     bft = [_pad_ft(basis[j].to(dev), os_) for j in range(n)]
     N = source.n
-    out = dict(G=torch.zeros(N, n, n, device=dev), a=torch.zeros(N, n, device=dev), m=torch.zeros(N, n, device=dev),
-               yy=torch.zeros(N, device=dev), mm=torch.zeros(N, device=dev), my=torch.zeros(N, device=dev))
+    out = dict(
+        G=torch.zeros(N, n, n, device=dev),
+        a=torch.zeros(N, n, device=dev),
+        m=torch.zeros(N, n, device=dev),
+        yy=torch.zeros(N, device=dev),
+        mm=torch.zeros(N, device=dev),
+        my=torch.zeros(N, device=dev),
+    )
     for b in source.batches(batch_size):
-        c = b["ctf"] * km; R = b["rot"]; i = b["index"]
+        c = b["ctf"] * km
+        R = b["rot"]
+        i = b["index"]
         AU = torch.stack([c * slice_grid(bft[j], R, D, os_) for j in range(n)], 1).reshape(len(R), n, -1)
         Am = (c * slice_grid(mean_ft, R, D, os_)).reshape(len(R), -1)
-        y = b["y"].reshape(len(R), -1); w = wgt.reshape(-1)
+        y = b["y"].reshape(len(R), -1)
+        w = wgt.reshape(-1)
         AUw = AU.conj() * w
         out["G"][i] = torch.einsum("bjp,bkp->bjk", AUw, AU).real
         out["a"][i] = torch.einsum("bjp,bp->bj", AUw, y - Am).real
         out["m"][i] = torch.einsum("bjp,bp->bj", AUw, Am).real
-        out["yy"][i] = ((y.abs() ** 2) * w).sum(-1); out["mm"][i] = ((Am.abs() ** 2) * w).sum(-1)
+        out["yy"][i] = ((y.abs() ** 2) * w).sum(-1)
+        out["mm"][i] = ((Am.abs() ** 2) * w).sum(-1)
         out["my"][i] = ((Am.conj() * y).real * w).sum(-1)
     return out
+
 
 def _apply_L(G, S, chunk: int = 4096):
     "`Σ_i G_i S G_i` for `G (N,n,n)`, `S (n,n)`."
     out = torch.zeros_like(S)
     for s in range(0, len(G), chunk):
-        g = G[s:s + chunk]; out += (g @ S @ g).sum(0)
+        g = G[s : s + chunk]
+        out += (g @ S @ g).sum(0)
     return out
+
 
 def projected_covariance(G, a, n_iter: int = 200, tol: float = 1e-7, ridge: float = 1e-6):
     """Solve `Σ G_i S G_i = Σ (a_i a_iᵀ - G_i)` for symmetric `S (n,n)` by conjugate gradients (matrix-free).
     Returns `(S, info)` with `info = dict(iterations, rel_residual)`."""
-    Gd = G.double(); ad = a.double()
-    rhs = (ad.T @ ad) - Gd.sum(0); rhs = 0.5 * (rhs + rhs.T)
+    Gd = G.double()
+    ad = a.double()
+    rhs = (ad.T @ ad) - Gd.sum(0)
+    rhs = 0.5 * (rhs + rhs.T)
     lam = ridge * float(torch.einsum("nij,nij->", Gd, Gd)) / G.shape[-1]
     L = lambda S: _apply_L(Gd, S) + lam * S
-    S = torch.zeros_like(rhs); r = rhs.clone(); p = r.clone(); rr = (r * r).sum(); b2 = float(rr)
+    S = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rr = (r * r).sum()
+    b2 = float(rr)
     it = 0
     for it in range(1, n_iter + 1):
-        Lp = L(p); alpha = rr / (p * Lp).sum()
-        S = S + alpha * p; r = r - alpha * Lp
+        Lp = L(p)
+        alpha = rr / (p * Lp).sum()
+        S = S + alpha * p
+        r = r - alpha * Lp
         rr_new = (r * r).sum()
-        if float(rr_new) <= tol ** 2 * b2: rr = rr_new; break
-        p = r + (rr_new / rr) * p; rr = rr_new
+        if float(rr_new) <= tol**2 * b2:
+            rr = rr_new
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
     return 0.5 * (S + S.T), dict(iterations=it, rel_residual=float(torch.sqrt(rr / max(b2, 1e-300))))
 
 # %% ../../nbs/11_recovar.ipynb #1b7e23ca
@@ -518,25 +717,36 @@ def embed(stats, V, s, zdim: int, correct_contrast: bool = False, n_contrasts: i
     """Latent coordinates for `zdim` PCs. `stats` from `projected_statistics`; `V (n,n)` eigenvectors of the
     projected covariance (columns, descending); `s (n,)` eigenvalues. Returns dict of float32 tensors:
     `z, z_noreg (N,K)`, `precision, precision_noreg (N,K,K)`, `contrast (N,)`."""
-    VK = V[:, :zdim].double(); sK = s[:zdim].double().clamp(min=float(s[0].clamp(min=1e-30)) * 1e-8)
+    VK = V[:, :zdim].double()
+    sK = s[:zdim].double().clamp(min=float(s[0].clamp(min=1e-30)) * 1e-8)
     Sinv = torch.diag(1.0 / sK)
-    cgrid = torch.linspace(2.0 / n_contrasts, 2.0, n_contrasts, dtype=torch.float64) if correct_contrast else torch.ones(1, dtype=torch.float64)
-    N = stats["G"].shape[0]; dev = stats["G"].device
+    cgrid = (
+        torch.linspace(2.0 / n_contrasts, 2.0, n_contrasts, dtype=torch.float64)
+        if correct_contrast
+        else torch.ones(1, dtype=torch.float64)
+    )
+    N = stats["G"].shape[0]
+    dev = stats["G"].device
     res = {k: [] for k in ("z", "z_noreg", "precision", "precision_noreg", "contrast")}
     I = torch.eye(zdim, dtype=torch.float64, device=dev)
     for s0 in range(0, N, chunk):
-        G = VK.T @ stats["G"][s0:s0 + chunk].double() @ VK                 # (B,K,K)
-        a = stats["a"][s0:s0 + chunk].double() @ VK; m = stats["m"][s0:s0 + chunk].double() @ VK
-        yy, mm, my = (stats[k][s0:s0 + chunk].double() for k in ("yy", "mm", "my"))
+        G = VK.T @ stats["G"][s0 : s0 + chunk].double() @ VK  # (B,K,K)
+        a = stats["a"][s0 : s0 + chunk].double() @ VK
+        m = stats["m"][s0 : s0 + chunk].double() @ VK
+        yy, mm, my = (stats[k][s0 : s0 + chunk].double() for k in ("yy", "mm", "my"))
         c = cgrid.to(dev)[None, :, None, None]
-        A = c ** 2 * G[:, None] + Sinv                                         # (B,C,K,K)
+        A = c**2 * G[:, None] + Sinv  # (B,C,K,K)
         cg3 = cgrid.to(dev)[None, :, None]
         rhs = cg3 * ((a + m)[:, None, :] - cg3 * m[:, None, :]) if correct_contrast else a[:, None]
-        z = torch.linalg.solve(A, rhs)                                         # (B,C,K)
+        z = torch.linalg.solve(A, rhs)  # (B,C,K)
         cc = cgrid.to(dev)[None, :]
-        zGz = torch.einsum("bck,bkl,bcl->bc", z, G, z); zm = torch.einsum("bck,bk->bc", z, m)
-        za = torch.einsum("bck,bk->bc", z, a + m); zSz = torch.einsum("bck,k,bck->bc", z, 1 / sK, z)
-        cost = cc ** 2 * mm[:, None] + cc ** 2 * zGz + yy[:, None] + 2 * cc ** 2 * zm - 2 * cc * my[:, None] - 2 * cc * za + zSz
+        zGz = torch.einsum("bck,bkl,bcl->bc", z, G, z)
+        zm = torch.einsum("bck,bk->bc", z, m)
+        za = torch.einsum("bck,bk->bc", z, a + m)
+        zSz = torch.einsum("bck,k,bck->bc", z, 1 / sK, z)
+        cost = (
+            cc**2 * mm[:, None] + cc**2 * zGz + yy[:, None] + 2 * cc**2 * zm - 2 * cc * my[:, None] - 2 * cc * za + zSz
+        )
         best = cost.argmin(1)
         ar = torch.arange(len(G), device=dev)
         zb, cb = z[ar, best], cgrid.to(dev)[best]
@@ -545,7 +755,10 @@ def embed(stats, V, s, zdim: int, correct_contrast: bool = False, n_contrasts: i
         P = (Gc + Sinv) @ torch.linalg.pinv(Gc, hermitian=True) @ (Gc + Sinv)
         rhs_b = (cb[:, None] * (a + m - cb[:, None] * m)) if correct_contrast else a
         zn = torch.linalg.solve(Ggc, rhs_b)
-        res["z"].append(zb); res["z_noreg"].append(zn); res["precision"].append(P); res["precision_noreg"].append(Gc)
+        res["z"].append(zb)
+        res["z_noreg"].append(zn)
+        res["precision"].append(P)
+        res["precision_noreg"].append(Gc)
         res["contrast"].append(cb)
     return {k: torch.cat(v).float() for k, v in res.items()}
 
@@ -553,34 +766,47 @@ def embed(stats, V, s, zdim: int, correct_contrast: bool = False, n_contrasts: i
 @dataclass
 class RecovarResult:
     "Everything the pipeline estimates (tensors on the compute device; volumes `(D,D,D)` real, `[z,y,x]`)."
-    D: int; apix: float
-    mean: torch.Tensor; halves: torch.Tensor; halves_unfil: torch.Tensor; mean_fsc: torch.Tensor; mean_tau: torch.Tensor
-    mask: np.ndarray; dilated_mask: np.ndarray; noise: torch.Tensor
-    columns: torch.Tensor; column_fsc: torch.Tensor
-    u: torch.Tensor          # (n, D,D,D) principal volumes, orthonormal, by decreasing eigenvalue
-    s: torch.Tensor          # (n,) eigenvalues
-    V: torch.Tensor          # (n,n) rotation from the sketch basis
-    stats: dict              # projected statistics in the sketch basis (for the embeddings)
-    embeddings: dict         # zdim -> embed(...) output
+
+    D: int
+    apix: float
+    mean: torch.Tensor
+    halves: torch.Tensor
+    halves_unfil: torch.Tensor
+    mean_fsc: torch.Tensor
+    mean_tau: torch.Tensor
+    mask: np.ndarray
+    dilated_mask: np.ndarray
+    noise: torch.Tensor
+    columns: torch.Tensor
+    column_fsc: torch.Tensor
+    u: torch.Tensor  # (n, D,D,D) principal volumes, orthonormal, by decreasing eigenvalue
+    s: torch.Tensor  # (n,) eigenvalues
+    V: torch.Tensor  # (n,n) rotation from the sketch basis
+    stats: dict  # projected statistics in the sketch basis (for the embeddings)
+    embeddings: dict  # zdim -> embed(...) output
     halfset: torch.Tensor
     info: dict = field(default_factory=dict)
+
 
 def principal_angles(U1, U2) -> np.ndarray:
     """Principal angles (degrees, ascending) between the column spans of `U1 (P,k1)` and `U2 (P,k2)`
     (flattened volumes allowed: `(k, D,D,D)` are reshaped to `(D³,k)`)."""
+
     def _m(U):
         U = torch.as_tensor(U).double()
-        if U.dim() == 4: U = U.reshape(U.shape[0], -1).T
+        if U.dim() == 4:
+            U = U.reshape(U.shape[0], -1).T
         return torch.linalg.qr(U)[0]
+
     sv = torch.linalg.svdvals(_m(U1).T @ _m(U2)).clamp(-1, 1)
     return np.sort(np.degrees(np.arccos(sv.cpu().numpy())))
-
 
 # %% ../../nbs/11_recovar.ipynb #0e2c9229
 def pipeline_fingerprint(source, params: dict, input_mask=None) -> str:
     """SHA-256 (hex) of what the pipeline's stages depend on: `params` (JSON-able), the source's size, box,
     pixel size and half-set split, the first batch of images, poses and CTFs, and the input mask."""
     import hashlib
+
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     h.update(f"{source.n} {source.D} {float(source.apix):.6g}".encode())
     h.update(np.ascontiguousarray(torch.as_tensor(source.halfset).cpu().numpy()).tobytes())
@@ -589,24 +815,29 @@ def pipeline_fingerprint(source, params: dict, input_mask=None) -> str:
         t = b[k].detach().cpu()
         t = torch.view_as_real(t) if t.is_complex() else t
         h.update(t.contiguous().numpy().tobytes())
-    if input_mask is not None: h.update(np.ascontiguousarray(np.asarray(input_mask, np.float32)).tobytes())
+    if input_mask is not None:
+        h.update(np.ascontiguousarray(np.asarray(input_mask, np.float32)).tobytes())
     return h.hexdigest()
+
 
 def _stage(folder, name: str, key: str, compute, device, log):
     "Run `compute()` or load its result from `folder/NAME.pt` when that file holds the same fingerprint `key`."
-    if folder is None: return compute()
+    if folder is None:
+        return compute()
     f = Path(folder) / f"{name}.pt"
     if f.exists():
-        try: d = torch.load(f, map_location=device, weights_only=False)
-        except Exception: d = None                                           # a file we cannot read is recomputed
+        try:
+            d = torch.load(f, map_location=device, weights_only=False)
+        except Exception:
+            d = None  # a file we cannot read is recomputed
         if isinstance(d, dict) and d.get("fingerprint") == key:
             log(f"stage {name}: resumed from {f.name}")
             return d["value"]
     value = compute()
     f.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(f) as tmp: torch.save(dict(fingerprint=key, value=value), tmp)
+    with atomic_write(f) as tmp:
+        torch.save(dict(fingerprint=key, value=value), tmp)
     return value
-
 
 # %% ../../nbs/11_recovar.ipynb #9a1e27b6
 def _column_limits(covariance_kmax, first_below: int, D: int, column_radius):
@@ -614,20 +845,38 @@ def _column_limits(covariance_kmax, first_below: int, D: int, column_radius):
     the half-mean FSC < 0.143) for `"auto"`, the number given, or None (all frequencies); the column radius
     (default `max(3, D/4)`) kept 3 px inside `kmax`."""
     kmax = None
-    if covariance_kmax == "auto": kmax = float(min(D // 2, first_below + 3))
-    elif covariance_kmax: kmax = float(min(covariance_kmax, D // 2))
-    if kmax is not None and kmax >= D // 2: kmax = None
+    if covariance_kmax == "auto":
+        kmax = float(min(D // 2, first_below + 3))
+    elif covariance_kmax:
+        kmax = float(min(covariance_kmax, D // 2))
+    if kmax is not None and kmax >= D // 2:
+        kmax = None
     rad = max(3.0, D / 4) if column_radius is None else column_radius
-    if kmax is not None: rad = max(2.0, min(rad, kmax - 3))
+    if kmax is not None:
+        rad = max(2.0, min(rad, kmax - 3))
     return kmax, rad
 
 # %% ../../nbs/11_recovar.ipynb #1d825777
-def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmaps", input_mask=None,
-                     mask_dilate_iter: int | None = None, correct_contrast: bool = False, n_columns: int = 300,
-                     column_radius: float | None = None, n_pcs: int = 50, block_size: int = 16,
-                     oversampling: int = 2, batch_size: int = 256, seed: int = 0, log=None,
-                     covariance_kmax="auto", adaptive_n_pcs: bool = True, checkpoint_dir=None,
-                     fingerprint_extra: dict | None = None) -> RecovarResult:
+def recovar_pipeline(
+    source,
+    zdims=(4, 10, 20),
+    mask_option: str = "from_halfmaps",
+    input_mask=None,
+    mask_dilate_iter: int | None = None,
+    correct_contrast: bool = False,
+    n_columns: int = 300,
+    column_radius: float | None = None,
+    n_pcs: int = 50,
+    block_size: int = 16,
+    oversampling: int = 2,
+    batch_size: int = 256,
+    seed: int = 0,
+    log=None,
+    covariance_kmax="auto",
+    adaptive_n_pcs: bool = True,
+    checkpoint_dir=None,
+    fingerprint_extra: dict | None = None,
+) -> RecovarResult:
     """Run RECOVAR's pipeline (mean → masks → noise → variance → columns → sketch → projected covariance →
     embeddings) on a source (`ArraySource` / `DatasetSource`). `zdims`: latent dimensions to embed;
     `n_pcs`: size of the basis of the projected covariance (RECOVAR: 200, adaptive); `n_columns`, `column_radius`:
@@ -647,13 +896,29 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
     tm = {}
     D = source.D
     zdims = sorted(int(z) for z in zdims)
-    if adaptive_n_pcs: n_pcs = min(n_pcs, max(4, int(math.sqrt(source.n / 4))))
+    if adaptive_n_pcs:
+        n_pcs = min(n_pcs, max(4, int(math.sqrt(source.n / 4))))
     n_pcs = max(n_pcs, zdims[-1])
-    if mask_option == "input" and input_mask is None: raise InputError("--mask-option input needs --mask")
-    key = pipeline_fingerprint(source, dict(zdims=zdims, mask_option=mask_option, mask_dilate_iter=mask_dilate_iter,
-                                            correct_contrast=correct_contrast, n_columns=n_columns, column_radius=column_radius,
-                                            n_pcs=n_pcs, block_size=block_size, oversampling=oversampling, seed=seed,
-                                            covariance_kmax=covariance_kmax, extra=fingerprint_extra), input_mask)
+    if mask_option == "input" and input_mask is None:
+        raise InputError("--mask-option input needs --mask")
+    key = pipeline_fingerprint(
+        source,
+        dict(
+            zdims=zdims,
+            mask_option=mask_option,
+            mask_dilate_iter=mask_dilate_iter,
+            correct_contrast=correct_contrast,
+            n_columns=n_columns,
+            column_radius=column_radius,
+            n_pcs=n_pcs,
+            block_size=block_size,
+            oversampling=oversampling,
+            seed=seed,
+            covariance_kmax=covariance_kmax,
+            extra=fingerprint_extra,
+        ),
+        input_mask,
+    )
 
     def stage(name, fn):
         with timed(f"recovar {name}", _log) as t:
@@ -667,7 +932,9 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
         return s2, estimate_mean(source, prof, oversampling, batch_size=batch_size)
 
     def _masks_noise():
-        tight, dil = make_masks(mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D)
+        tight, dil = make_masks(
+            mask_option, halves=m0["halves"], input_mask=input_mask, dilate_iter=mask_dilate_iter, D=D
+        )
         return tight, dil, estimate_noise(source, m0["mean_ft"], dil, oversampling, batch_size=batch_size)
 
     def _projected():
@@ -687,10 +954,27 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
         log(f"variance done; {len(cols)} covariance columns, |k'| ≤ {float(cols.float().norm(dim=1).max()):.1f} px")
         n_sketch = min(max(n_pcs + 10, 2 * zdims[-1]), 2 * len(cols))
         if kmax is not None:
-            log(f"covariance columns estimated for |k| < {kmax:.0f} px "
-                f"(images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)")
-        sk = stage("sketch", lambda: covariance_sketch(source, mean["mean_ft"], noise, cols, tight, n_sketch, block_size,
-                                                       oversampling, batch_size, seed=seed, log=log, kmax=kmax))
+            log(
+                f"covariance columns estimated for |k| < {kmax:.0f} px "
+                f"(images Fourier-cropped to {int(min(D, 2 * math.ceil(kmax)))} px)"
+            )
+        sk = stage(
+            "sketch",
+            lambda: covariance_sketch(
+                source,
+                mean["mean_ft"],
+                noise,
+                cols,
+                tight,
+                n_sketch,
+                block_size,
+                oversampling,
+                batch_size,
+                seed=seed,
+                log=log,
+                kmax=kmax,
+            ),
+        )
         n_pcs = min(n_pcs, len(sk["basis"]))
         if zdims[-1] > n_pcs:
             raise InputError(f"zdim {zdims[-1]} exceeds the number of principal components available ({n_pcs})")
@@ -701,19 +985,48 @@ def recovar_pipeline(source, zdims=(4, 10, 20), mask_option: str = "from_halfmap
         s = ev[order].clamp(min=0).float()
         V = V[:, order].float()
         u = torch.einsum("jk,jxyz->kxyz", V, basis)
-        log(f"projected covariance: CG {cginfo['iterations']} it (rel. residual {cginfo['rel_residual']:.1e}); "
-            f"eigenvalues {s[:5].cpu().numpy()}")
+        log(
+            f"projected covariance: CG {cginfo['iterations']} it (rel. residual {cginfo['rel_residual']:.1e}); "
+            f"eigenvalues {s[:5].cpu().numpy()}"
+        )
         with timed("recovar embedding", _log) as t:
             embs = {z: embed(stats, V, s, z, correct_contrast) for z in zdims}
         tm["embedding"] = t.seconds
     tm["total"] = t_all.seconds
-    info = dict(covariance_kmax=kmax, timings_s=tm, cg=cginfo, hit_fraction=sk["hit_fraction"], white_noise=s2,
-                n_columns=len(cols), n_pcs=n_pcs, correct_contrast=correct_contrast, oversampling=oversampling,
-                zdims=zdims, seed=seed)
-    return RecovarResult(D=D, apix=source.apix, mean=mean["mean"], halves=mean["halves"], halves_unfil=mean["halves_unfil"],
-                         mean_fsc=mean["fsc"], mean_tau=mean["tau"], mask=tight, dilated_mask=dil, noise=noise, columns=cols,
-                         column_fsc=sk["col_fsc"], u=u, s=s, V=V, stats=stats, embeddings=embs, halfset=source.halfset,
-                         info=info)
+    info = dict(
+        covariance_kmax=kmax,
+        timings_s=tm,
+        cg=cginfo,
+        hit_fraction=sk["hit_fraction"],
+        white_noise=s2,
+        n_columns=len(cols),
+        n_pcs=n_pcs,
+        correct_contrast=correct_contrast,
+        oversampling=oversampling,
+        zdims=zdims,
+        seed=seed,
+    )
+    return RecovarResult(
+        D=D,
+        apix=source.apix,
+        mean=mean["mean"],
+        halves=mean["halves"],
+        halves_unfil=mean["halves_unfil"],
+        mean_fsc=mean["fsc"],
+        mean_tau=mean["tau"],
+        mask=tight,
+        dilated_mask=dil,
+        noise=noise,
+        columns=cols,
+        column_fsc=sk["col_fsc"],
+        u=u,
+        s=s,
+        V=V,
+        stats=stats,
+        embeddings=embs,
+        halfset=source.halfset,
+        info=info,
+    )
 
 # %% ../../nbs/11_recovar.ipynb #889c9d45
 def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) -> torch.Tensor:
@@ -727,8 +1040,8 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
     cost = (err[:, :n] * counts[:n].to(err.dtype)).cpu()
     best = cost[:, 0].clone()
     back = torch.zeros(C, n, dtype=torch.long)
-    for s in range(1, n):                                   # loop over shells (a handful), not voxels
-        prev_min, prev_arg = torch.cummin(best, 0)          # best path ending at a candidate <= j
+    for s in range(1, n):  # loop over shells (a handful), not voxels
+        prev_min, prev_arg = torch.cummin(best, 0)  # best path ending at a candidate <= j
         best = cost[:, s] + prev_min
         back[:, s] = prev_arg
     choice = torch.empty(S, dtype=torch.long)
@@ -740,9 +1053,21 @@ def monotone_bandwidths(err: torch.Tensor, counts: torch.Tensor, n_shells: int) 
     return choice.to(err.device)
 
 # %% ../../nbs/11_recovar.ipynb #d9e25082
-def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_bins: int = 6, n_min: int = 50,
-                      oversampling: int = 2, Bfactor: float = 0.0, batch_size: int = 256,
-                      bandwidth_rule: str = "monotone", mean_tol: float = 0.05):
+def kernel_regression(
+    source,
+    z,
+    precision,
+    targets,
+    noise_profile,
+    tau=None,
+    n_bins: int = 6,
+    n_min: int = 50,
+    oversampling: int = 2,
+    Bfactor: float = 0.0,
+    batch_size: int = 256,
+    bandwidth_rule: str = "monotone",
+    mean_tol: float = 0.05,
+):
     """Volumes `(T,D,D,D)` at latent points `targets (T,K)` from the particles of `source`, their latents
     `z (N,K)` and precisions `precision (N,K,K)` (same order as the source). `noise_profile (D,)`; `tau`:
     optional per-shell prior (the mean's); `n_bins` candidate bandwidths; `Bfactor` Å² sharpening.
@@ -755,50 +1080,65 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
     the AdK tiny demo's state latents lie 0.21–0.48 from the consensus, maps reweighted by a random latent
     0.011–0.019. Source: RECOVAR `compute_state`
     (Gilles & Singer 2025, §Kernel regression), simplified as described above."""
-    D, dev, os_ = source.D, source.device, oversampling; M = os_ * D
-    z = torch.as_tensor(z, dtype=torch.float64, device=dev); P = torch.as_tensor(precision, dtype=torch.float64, device=dev)
+    D, dev, os_ = source.D, source.device, oversampling
+    M = os_ * D
+    z = torch.as_tensor(z, dtype=torch.float64, device=dev)
+    P = torch.as_tensor(precision, dtype=torch.float64, device=dev)
     targets = torch.as_tensor(targets, dtype=torch.float64, device=dev).reshape(-1, z.shape[1])
     if P.shape != (z.shape[0], z.shape[1], z.shape[1]) or z.shape[0] != source.n:
-        raise InputError(f"kernel_regression: z {tuple(z.shape)} / precision {tuple(P.shape)} do not match {source.n} particles")
-    lam = _profile_to_image(noise_profile, D, dev); km = _kmask(D, dev)
-    sh = _shells3(M, os_, dev); nsh = int(sh.max()) + 1
+        raise InputError(
+            f"kernel_regression: z {tuple(z.shape)} / precision {tuple(P.shape)} do not match {source.n} particles"
+        )
+    lam = _profile_to_image(noise_profile, D, dev)
+    km = _kmask(D, dev)
+    sh = _shells3(M, os_, dev)
+    nsh = int(sh.max()) + 1
     vols, infos = [], []
     for zt in tqdm(targets, desc="kernel regression", unit="map", leave=False, disable=len(targets) < 2):
         dz = zt[None] - z
         d = torch.einsum("ni,nij,nj->n", dz, P, dz)
-        lo = torch.kthvalue(d, min(n_min, len(d))).values.clamp(min=1e-12); hi = torch.quantile(d, 0.95).clamp(min=lo * 1.01)
-        edges = torch.exp(torch.linspace(math.log(float(lo)), math.log(float(hi)), n_bins, device=dev))   # h_j²
-        bin_of = torch.bucketize(d, edges)                                     # images with d > last edge: bin n_bins
+        lo = torch.kthvalue(d, min(n_min, len(d))).values.clamp(min=1e-12)
+        hi = torch.quantile(d, 0.95).clamp(min=lo * 1.01)
+        edges = torch.exp(torch.linspace(math.log(float(lo)), math.log(float(hi)), n_bins, device=dev))  # h_j²
+        bin_of = torch.bucketize(d, edges)  # images with d > last edge: bin n_bins
         nb1 = n_bins + 1
-        Fy = torch.zeros(2, 2, nb1, M, M, M, dtype=torch.complex64, device=dev)   # half, moment, bin
+        Fy = torch.zeros(2, 2, nb1, M, M, M, dtype=torch.complex64, device=dev)  # half, moment, bin
         Fc = torch.zeros(2, 2, nb1, M, M, M, device=dev)
         for b in source.batches(batch_size):
-            i = b["index"]; c = b["ctf"] * km
+            i = b["index"]
+            c = b["ctf"] * km
             for h in (0, 1):
                 for j in range(nb1):
                     sel = torch.nonzero((b["half"] == h) & (bin_of[i] == j)).squeeze(1)
-                    if len(sel) == 0: continue
+                    if len(sel) == 0:
+                        continue
                     dd = d[i[sel]].float()[:, None, None]
-                    yy = b["y"][sel] * c[sel] / lam; cc = (c[sel] ** 2 / lam).to(torch.complex64)
+                    yy = b["y"][sel] * c[sel] / lam
+                    cc = (c[sel] ** 2 / lam).to(torch.complex64)
                     R = b["rot"][sel]
-                    Fy[h, 0, j] += insert_grid(yy, R, M, os_); Fy[h, 1, j] += insert_grid(yy * dd, R, M, os_)
-                    Fc[h, 0, j] += insert_grid(cc, R, M, os_).real; Fc[h, 1, j] += insert_grid(cc * dd, R, M, os_).real
-        S0y, S1y = Fy[:, 0].cumsum(1), Fy[:, 1].cumsum(1); S0c, S1c = Fc[:, 0].cumsum(1), Fc[:, 1].cumsum(1)
+                    Fy[h, 0, j] += insert_grid(yy, R, M, os_)
+                    Fy[h, 1, j] += insert_grid(yy * dd, R, M, os_)
+                    Fc[h, 0, j] += insert_grid(cc, R, M, os_).real
+                    Fc[h, 1, j] += insert_grid(cc * dd, R, M, os_).real
+        S0y, S1y = Fy[:, 0].cumsum(1), Fy[:, 1].cumsum(1)
+        S0c, S1c = Fc[:, 0].cumsum(1), Fc[:, 1].cumsum(1)
         del Fy, Fc
         e2 = edges.float()[None, :, None, None, None]
         # candidates 0..n_bins-1: Epanechnikov sums at h² = edges; candidate n_bins: every image, uniform weight (the mean)
         Ky = torch.cat([S0y[:, :n_bins] - S1y[:, :n_bins] / e2, S0y[:, -1:]], 1)
         Kc = torch.cat([S0c[:, :n_bins] - S1c[:, :n_bins] / e2, S0c[:, -1:]], 1)
         del S0y, S1y, S0c, S1c
-        inv = 0.0 if tau is None else 1.0 / torch.as_tensor(tau, device=dev).clamp(min=1e-30)[sh.clamp(max=len(tau) - 1)]
+        inv = (
+            0.0 if tau is None else 1.0 / torch.as_tensor(tau, device=dev).clamp(min=1e-30)[sh.clamp(max=len(tau) - 1)]
+        )
         fl = 1e-6 * float(Kc[:, -1].mean())
-        est = Ky / (Kc + inv).clamp(min=fl)                                    # regularized, every bandwidth
-        ref = Ky[:, 0] / Kc[:, 0].clamp(min=fl)                                 # unbiased (unregularized), narrowest
-        ok = (Kc[:, 0] > 1e-3 * float(Kc[:, 0].mean())).float()                 # voxels the narrowest kernel measures
+        est = Ky / (Kc + inv).clamp(min=fl)  # regularized, every bandwidth
+        ref = Ky[:, 0] / Kc[:, 0].clamp(min=fl)  # unbiased (unregularized), narrowest
+        ok = (Kc[:, 0] > 1e-3 * float(Kc[:, 0].mean())).float()  # voxels the narrowest kernel measures
         err = torch.zeros(nb1, nsh, dtype=torch.float64, device=dev)
         for j in range(nb1):
             # noise-weighted: |a - b|² · Kc_b (Kc_b ∝ 1/var(b)); E = weighted MSE of a + const, since b is unbiased and independent
-            e = ((est[0, j] - ref[1]).abs() ** 2 * Kc[1, 0] * ok[1] + (est[1, j] - ref[0]).abs() ** 2 * Kc[0, 0] * ok[0])
+            e = (est[0, j] - ref[1]).abs() ** 2 * Kc[1, 0] * ok[1] + (est[1, j] - ref[0]).abs() ** 2 * Kc[0, 0] * ok[0]
             err[j] = shell_average(e.double(), sh, nsh)
         if bandwidth_rule == "greedy":
             raw = err.argmin(0)
@@ -809,7 +1149,8 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
         else:
             raise InputError(f"bandwidth_rule: expected 'monotone' or 'greedy', got {bandwidth_rule!r}")
         cj = choice[sh]
-        Yall = torch.gather((Ky[0] + Ky[1]), 0, cj[None]).squeeze(0); Call = torch.gather((Kc[0] + Kc[1]), 0, cj[None]).squeeze(0)
+        Yall = torch.gather((Ky[0] + Ky[1]), 0, cj[None]).squeeze(0)
+        Call = torch.gather((Kc[0] + Kc[1]), 0, cj[None]).squeeze(0)
         grid = Yall / (Call + inv).clamp(min=1e-6 * float(Call.mean()))
         Cm = Kc[0, -1] + Kc[1, -1]
         mean_grid = (Ky[0, -1] + Ky[1, -1]) / (Cm + inv).clamp(min=1e-6 * float(Cm.mean()))
@@ -819,196 +1160,339 @@ def kernel_regression(source, z, precision, targets, noise_profile, tau=None, n_
             s2 = (_radius3(M, os_, dev) / (D * source.apix)) ** 2
             grid = grid * torch.exp(Bfactor * s2 / 4)
         vols.append(grid_to_volume(grid, D) * _soft_sphere(D, dev))
-        info = dict(bandwidth_choice=choice.cpu().numpy(), criterion=err.cpu().numpy(), edges=edges.cpu().numpy(),
-                    n_within=int((d <= edges[-1]).sum()), equals_mean=bool((choice[1:D // 2] == n_bins).all()),
-                    diff_from_mean=diff, near_mean=diff < mean_tol)
+        info = dict(
+            bandwidth_choice=choice.cpu().numpy(),
+            criterion=err.cpu().numpy(),
+            edges=edges.cpu().numpy(),
+            n_within=int((d <= edges[-1]).sum()),
+            equals_mean=bool((choice[1 : D // 2] == n_bins).all()),
+            diff_from_mean=diff,
+            near_mean=diff < mean_tol,
+        )
         infos.append(info)
-        _log.info(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: bandwidth per shell "
-                  f"{info['bandwidth_choice'][:D // 2].tolist()} (candidates 0..{n_bins - 1} = h² {np.round(info['edges'], 4).tolist()}, "
-                  f"{n_bins} = every image); ‖map − consensus‖/‖consensus‖ = {diff:.4f}")
+        _log.info(
+            f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: bandwidth per shell "
+            f"{info['bandwidth_choice'][: D // 2].tolist()} (candidates 0..{n_bins - 1} = h² {np.round(info['edges'], 4).tolist()}, "
+            f"{n_bins} = every image); ‖map − consensus‖/‖consensus‖ = {diff:.4f}"
+        )
         if info["near_mean"] and not info["equals_mean"]:
-            _log.warning(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: the map is within "
-                         f"{diff:.1%} of the consensus mean: the latent does not separate states near this point")
+            _log.warning(
+                f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: the map is within "
+                f"{diff:.1%} of the consensus mean: the latent does not separate states near this point"
+            )
         if info["equals_mean"]:
-            _log.warning(f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: every shell chose all images, "
-                         "so this state equals the consensus mean (too few particles near this point?)")
+            _log.warning(
+                f"kernel regression at z = {np.round(zt.cpu().numpy(), 3).tolist()}: every shell chose all images, "
+                "so this state equals the consensus mean (too few particles near this point?)"
+            )
     return torch.stack(vols), infos
 
 # %% ../../nbs/11_recovar.ipynb #704468c2
 def _save_npy(path, arr=None, **arrays):
     "`np.save` (one array) or `np.savez` (keywords), written atomically."
     with atomic_write(path) as tmp:
-        if arrays: np.savez(tmp, **arrays)
-        else: np.save(tmp, arr)
+        if arrays:
+            np.savez(tmp, **arrays)
+        else:
+            np.save(tmp, arr)
 
-def save_result(res: RecovarResult, outdir, args: dict | None = None, particles_ind=None, n_save_pcs: int | None = None,
-                fingerprint: str | None = None):
+
+def save_result(
+    res: RecovarResult,
+    outdir,
+    args: dict | None = None,
+    particles_ind=None,
+    n_save_pcs: int | None = None,
+    fingerprint: str | None = None,
+):
     """Write a `RecovarResult` in RECOVAR's layout under `outdir` (see above), every file atomically;
     `model/params.json` (with `fingerprint`, the run's `pipeline_fingerprint`) is written last and marks a
     complete run. Returns the output folder `Path`."""
-    out = Path(outdir); (out / "model").mkdir(parents=True, exist_ok=True); vd = out / "output" / "volumes"; vd.mkdir(parents=True, exist_ok=True)
+    out = Path(outdir)
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    vd = out / "output" / "volumes"
+    vd.mkdir(parents=True, exist_ok=True)
     apix = res.apix
     write_map(vd / "mean.mrc", res.mean, apix)
-    write_map(vd / "mean_half1_unfil.mrc", res.halves_unfil[0], apix); write_map(vd / "mean_half2_unfil.mrc", res.halves_unfil[1], apix)
-    write_map(vd / "mean_half1_reg.mrc", res.halves[0], apix); write_map(vd / "mean_half2_reg.mrc", res.halves[1], apix)
-    write_map(vd / "mask.mrc", res.mask, apix); write_map(vd / "dilated_mask.mrc", res.dilated_mask, apix)
+    write_map(vd / "mean_half1_unfil.mrc", res.halves_unfil[0], apix)
+    write_map(vd / "mean_half2_unfil.mrc", res.halves_unfil[1], apix)
+    write_map(vd / "mean_half1_reg.mrc", res.halves[0], apix)
+    write_map(vd / "mean_half2_reg.mrc", res.halves[1], apix)
+    write_map(vd / "mask.mrc", res.mask, apix)
+    write_map(vd / "dilated_mask.mrc", res.dilated_mask, apix)
     zmax = max(res.embeddings) if res.embeddings else 0
     n_save = min(len(res.u), max(zmax, 20) if n_save_pcs is None else n_save_pcs)
     for k in range(n_save):
-        write_map(vd / f"eigen_pos{k:04d}.mrc", res.u[k], apix); write_map(vd / f"eigen_neg{k:04d}.mrc", -res.u[k], apix)
+        write_map(vd / f"eigen_pos{k:04d}.mrc", res.u[k], apix)
+        write_map(vd / f"eigen_neg{k:04d}.mrc", -res.u[k], apix)
     for K in (4, 10, 20):
-        if K <= len(res.u): write_map(vd / f"variance{K}.mrc", torch.einsum("k,kxyz->xyz", res.s[:K], res.u[:K] ** 2), apix)
+        if K <= len(res.u):
+            write_map(vd / f"variance{K}.mrc", torch.einsum("k,kxyz->xyz", res.s[:K], res.u[:K] ** 2), apix)
     for K, e in res.embeddings.items():
-        zd = out / "model" / f"zdim_{K}"; zd.mkdir(exist_ok=True)
-        _save_npy(zd / "latent_coords.npy", e["z"].cpu().numpy()); _save_npy(zd / "latent_precision.npy", e["precision"].cpu().numpy())
-        _save_npy(zd / "latent_coords_noreg.npy", e["z_noreg"].cpu().numpy()); _save_npy(zd / "latent_precision_noreg.npy", e["precision_noreg"].cpu().numpy())
-        _save_npy(zd / "contrasts.npy", e["contrast"].cpu().numpy()); _save_npy(zd / "contrasts_noreg.npy", e["contrast"].cpu().numpy())
+        zd = out / "model" / f"zdim_{K}"
+        zd.mkdir(exist_ok=True)
+        _save_npy(zd / "latent_coords.npy", e["z"].cpu().numpy())
+        _save_npy(zd / "latent_precision.npy", e["precision"].cpu().numpy())
+        _save_npy(zd / "latent_coords_noreg.npy", e["z_noreg"].cpu().numpy())
+        _save_npy(zd / "latent_precision_noreg.npy", e["precision_noreg"].cpu().numpy())
+        _save_npy(zd / "contrasts.npy", e["contrast"].cpu().numpy())
+        _save_npy(zd / "contrasts_noreg.npy", e["contrast"].cpu().numpy())
     h = res.halfset.cpu().numpy()
     _save_npy(out / "model" / "halfsets.npz", halfset=h, half1=np.nonzero(h == 0)[0], half2=np.nonzero(h == 1)[0])
-    if particles_ind is not None: _save_npy(out / "model" / "particles_ind.npy", np.asarray(particles_ind))
-    _save_npy(out / "model" / "params.npz", eigenvalues=res.s.cpu().numpy(), noise_variance=res.noise.cpu().numpy(),
-             mean_fsc=res.mean_fsc.cpu().numpy(), mean_tau=res.mean_tau.cpu().numpy(), columns=res.columns.cpu().numpy(),
-             column_fsc=res.column_fsc.cpu().numpy())
+    if particles_ind is not None:
+        _save_npy(out / "model" / "particles_ind.npy", np.asarray(particles_ind))
+    _save_npy(
+        out / "model" / "params.npz",
+        eigenvalues=res.s.cpu().numpy(),
+        noise_variance=res.noise.cpu().numpy(),
+        mean_fsc=res.mean_fsc.cpu().numpy(),
+        mean_tau=res.mean_tau.cpu().numpy(),
+        columns=res.columns.cpu().numpy(),
+        column_fsc=res.column_fsc.cpu().numpy(),
+    )
     _pipeline_report(res, out)
-    params = dict(D=res.D, apix=res.apix, n_particles=int(len(res.halfset)), zdims=sorted(res.embeddings), n_pcs=len(res.u),
-                  eigenvalues=res.s.cpu().tolist(), info=res.info, args=args or {}, fingerprint=fingerprint)
+    params = dict(
+        D=res.D,
+        apix=res.apix,
+        n_particles=int(len(res.halfset)),
+        zdims=sorted(res.embeddings),
+        n_pcs=len(res.u),
+        eigenvalues=res.s.cpu().tolist(),
+        info=res.info,
+        args=args or {},
+        fingerprint=fingerprint,
+    )
     with atomic_write(out / "model" / "params.json") as tmp:
         tmp.write_text(json.dumps(params, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     return out
 
+
 def _pipeline_report(res, out):
     from cryonb.report import Report, line_figure
+
     rep = Report("RECOVAR pipeline", f"{len(res.halfset)} particles, D={res.D}, {res.apix:.3g} Å/px")
     rep.add_heading("Eigenvalues")
     s = res.s.cpu().numpy()
-    rep.add_figure(line_figure(np.arange(1, len(s) + 1), {"eigenvalue": np.maximum(s, 1e-12 * max(s.max(), 1e-30))}, "PC", "eigenvalue", log_y=True),
-                   "Eigenvalues of the projected covariance (decay shows the effective dimension of the heterogeneity).")
+    rep.add_figure(
+        line_figure(
+            np.arange(1, len(s) + 1),
+            {"eigenvalue": np.maximum(s, 1e-12 * max(s.max(), 1e-30))},
+            "PC",
+            "eigenvalue",
+            log_y=True,
+        ),
+        "Eigenvalues of the projected covariance (decay shows the effective dimension of the heterogeneity).",
+    )
     rep.add_heading("Mean")
-    f = res.mean_fsc.cpu().numpy(); fr = np.arange(len(f)) / (res.D * res.apix)
-    rep.add_figure(line_figure(fr, {"FSC half-means (regularized)": f}, "frequency (1/Å)", "FSC"), "FSC between the two regularized half-set means.")
+    f = res.mean_fsc.cpu().numpy()
+    fr = np.arange(len(f)) / (res.D * res.apix)
+    rep.add_figure(
+        line_figure(fr, {"FSC half-means (regularized)": f}, "frequency (1/Å)", "FSC"),
+        "FSC between the two regularized half-set means.",
+    )
     cf = res.column_fsc.cpu().numpy()
     if len(cf):
         rep.add_heading("Covariance columns")
-        q = np.percentile(cf, [10, 50, 90], axis=0); fr2 = np.arange(cf.shape[1]) / (res.D * res.apix)
-        rep.add_figure(line_figure(fr2, {"10%": q[0], "median": q[1], "90%": q[2]}, "frequency (1/Å)", "FSC"),
-                       "Half-set FSC of the covariance columns (percentiles over columns).")
-    rep.add_heading("Run"); rep.add_params({k: v for k, v in res.info.items()}, "Timings (s) and settings")
+        q = np.percentile(cf, [10, 50, 90], axis=0)
+        fr2 = np.arange(cf.shape[1]) / (res.D * res.apix)
+        rep.add_figure(
+            line_figure(fr2, {"10%": q[0], "median": q[1], "90%": q[2]}, "frequency (1/Å)", "FSC"),
+            "Half-set FSC of the covariance columns (percentiles over columns).",
+        )
+    rep.add_heading("Run")
+    rep.add_params({k: v for k, v in res.info.items()}, "Timings (s) and settings")
     rep.write(out / "report.html")
+
 
 def load_result(outdir):
     """Read a pipeline folder back: `dict(params, eigenvalues, noise, mean_tau, mean (D,D,D), u (n,D,D,D) from eigen_pos*,
     halfset, zdims)`. Raises `FileNotFoundError` naming the missing file."""
     from cryonb.io import read_map
-    out = Path(outdir); pj = out / "model" / "params.json"
-    if not pj.exists(): raise FileNotFoundError(f"{pj}: not a RECOVAR output folder (run `cryonb recovar pipeline` first)")
-    params = json.loads(pj.read_text()); npz = np.load(out / "model" / "params.npz")
-    return dict(params=params, eigenvalues=npz["eigenvalues"], noise=torch.as_tensor(npz["noise_variance"]),
-                mean_tau=torch.as_tensor(npz["mean_tau"]), halfset=np.load(out / "model" / "halfsets.npz")["halfset"],
-                mean=read_map(out / "output" / "volumes" / "mean.mrc")[0])
+
+    out = Path(outdir)
+    pj = out / "model" / "params.json"
+    if not pj.exists():
+        raise FileNotFoundError(f"{pj}: not a RECOVAR output folder (run `cryonb recovar pipeline` first)")
+    params = json.loads(pj.read_text())
+    npz = np.load(out / "model" / "params.npz")
+    return dict(
+        params=params,
+        eigenvalues=npz["eigenvalues"],
+        noise=torch.as_tensor(npz["noise_variance"]),
+        mean_tau=torch.as_tensor(npz["mean_tau"]),
+        halfset=np.load(out / "model" / "halfsets.npz")["halfset"],
+        mean=read_map(out / "output" / "volumes" / "mean.mrc")[0],
+    )
+
 
 def load_latents(outdir, zdim: int, noreg: bool = False):
     "`(z (N,K), precision (N,K,K), contrasts (N,))` of `outdir/model/zdim_K`. Raises `FileNotFoundError`."
-    zd = Path(outdir) / "model" / f"zdim_{zdim}"; sfx = "_noreg" if noreg else ""
+    zd = Path(outdir) / "model" / f"zdim_{zdim}"
+    sfx = "_noreg" if noreg else ""
     f = zd / f"latent_coords{sfx}.npy"
-    if not f.exists(): raise FileNotFoundError(f"{f}: no embedding for zdim {zdim} (pipeline --zdim lists the available ones)")
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no embedding for zdim {zdim} (pipeline --zdim lists the available ones)")
     return np.load(f), np.load(zd / f"latent_precision{sfx}.npy"), np.load(zd / f"contrasts{sfx}.npy")
 
 # %% ../../nbs/11_recovar.ipynb #a41a1401
 def _read_halfsets(path, n):
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"--halfsets {p}: file not found")
+    if not p.exists():
+        raise FileNotFoundError(f"--halfsets {p}: file not found")
     if p.suffix == ".pkl":
         from cryonb.io import read_pkl
+
         obj = read_pkl(p)
         if isinstance(obj, (list, tuple)) and len(obj) == 2:
-            h = np.full(n, -1); h[np.asarray(obj[0], int)] = 0; h[np.asarray(obj[1], int)] = 1
-        else: h = np.asarray(obj).ravel()
-    elif p.suffix == ".npy": h = np.load(p).ravel()
-    else: h = np.loadtxt(p).ravel()
+            h = np.full(n, -1)
+            h[np.asarray(obj[0], int)] = 0
+            h[np.asarray(obj[1], int)] = 1
+        else:
+            h = np.asarray(obj).ravel()
+    elif p.suffix == ".npy":
+        h = np.load(p).ravel()
+    else:
+        h = np.loadtxt(p).ravel()
     h = np.asarray(h)
     if h.shape != (n,) or not np.isin(h, (0, 1)).all():
-        raise InputError(f"--halfsets {p}: expected {n} labels 0/1 (or a .pkl [ind_half1, ind_half2] covering every particle)")
+        raise InputError(
+            f"--halfsets {p}: expected {n} labels 0/1 (or a .pkl [ind_half1, ind_half2] covering every particle)"
+        )
     return torch.as_tensor(h.astype(np.int64))
+
 
 def source_from_args(a, device=None):
     """Build a source from pipeline-style arguments (`particles, poses, ctf, ind, datadir, n_images, halfsets,
     lazy, seed, apix, downsample`). Raises `InputError` when poses or the pixel size are missing."""
     from cryonb.data import ParticleDataset
-    ds = ParticleDataset(a["particles"], poses=a.get("poses"), ctf=a.get("ctf"), ind=a.get("ind"), datadir=a.get("datadir"),
-                         apix=a.get("apix"), downsample=a.get("downsample"))
-    if a.get("n_images"): ds = ds.subset(np.arange(min(int(a["n_images"]), len(ds))))
-    if ds.rotations is None: raise InputError(f"{a['particles']}: no poses; give --poses pose.pkl or a .star/.cs with angles")
-    if ds.apix is None: raise InputError(f"{a['particles']}: unknown pixel size; give --apix or a CTF file")
+
+    ds = ParticleDataset(
+        a["particles"],
+        poses=a.get("poses"),
+        ctf=a.get("ctf"),
+        ind=a.get("ind"),
+        datadir=a.get("datadir"),
+        apix=a.get("apix"),
+        downsample=a.get("downsample"),
+    )
+    if a.get("n_images"):
+        ds = ds.subset(np.arange(min(int(a["n_images"]), len(ds))))
+    if ds.rotations is None:
+        raise InputError(f"{a['particles']}: no poses; give --poses pose.pkl or a .star/.cs with angles")
+    if ds.apix is None:
+        raise InputError(f"{a['particles']}: unknown pixel size; give --apix or a CTF file")
     hs = _read_halfsets(a["halfsets"], len(ds)) if a.get("halfsets") else None
     if hs is None and getattr(ds, "halfset_source", None) == "file":
         h = torch.as_tensor(ds.halfset).long()
-        if len(torch.unique(h)) == 2: hs = (h == h.max()).long()
+        if len(torch.unique(h)) == 2:
+            hs = (h == h.max()).long()
     if a.get("lazy"):
         return DatasetSource(ds, seed=a.get("seed", 0), device=device, halfset=hs), ds
-    idx = np.arange(len(ds)); b = ds.get_batch(idx)
+    idx = np.arange(len(ds))
+    b = ds.get_batch(idx)
     shifts = b["shifts"] if b["shifts"] is not None else torch.zeros(len(ds), 2)
-    src = ArraySource(b["images"], b["rotations"], shifts, b["ctf"], ds.apix, halfset=hs, seed=a.get("seed", 0), device=device)
+    src = ArraySource(
+        b["images"], b["rotations"], shifts, b["ctf"], ds.apix, halfset=hs, seed=a.get("seed", 0), device=device
+    )
     lab = b.get("label")
-    if lab is not None and bool((torch.as_tensor(lab) >= 0).any()): src.labels = np.asarray(lab)
+    if lab is not None and bool((torch.as_tensor(lab) >= 0).any()):
+        src.labels = np.asarray(lab)
     return src, ds
-
 
 # %% ../../nbs/11_recovar.ipynb #ebc18b59
 def _source_for(outdir, device=None, lazy=None):
-    r = load_result(outdir); a = dict(r["params"]["args"])
-    if not a.get("particles"): raise InputError(f"{outdir}: params.json has no particle arguments (was the pipeline run from Python?)")
-    if lazy is not None: a["lazy"] = lazy
+    r = load_result(outdir)
+    a = dict(r["params"]["args"])
+    if not a.get("particles"):
+        raise InputError(f"{outdir}: params.json has no particle arguments (was the pipeline run from Python?)")
+    if lazy is not None:
+        a["lazy"] = lazy
     a["halfsets"] = None
     src, ds = source_from_args(a, get_device(device))
     src.halfset = torch.as_tensor(r["halfset"]).long()
     return src, r
 
-def reconstruct_at(outdir, targets, zdim: int, Bfactor: float = 0.0, n_bins: int = 6, device=None, z=None, precision=None, source=None,
-                   noreg: bool = False):
+
+def reconstruct_at(
+    outdir,
+    targets,
+    zdim: int,
+    Bfactor: float = 0.0,
+    n_bins: int = 6,
+    device=None,
+    z=None,
+    precision=None,
+    source=None,
+    noreg: bool = False,
+):
     """Kernel-regression volumes `(T,D,D,D)` at latent points `targets (T,K)` for a pipeline folder. With `z (N,K)`
     (an external embedding, e.g. another method's `z.npy`) the images are reweighted by that embedding, with
     the precision `diag(1/var(z))` for every image unless `precision` is given. `noreg`: use the unregularized
     embedding (RECOVAR's `--no-z-regularization`)."""
     src, r = (source, load_result(outdir)) if source is not None else _source_for(outdir, device)
-    if z is None: z, precision, _ = load_latents(outdir, zdim, noreg=noreg)
+    if z is None:
+        z, precision, _ = load_latents(outdir, zdim, noreg=noreg)
     z = np.asarray(z, np.float64)
-    if len(z) != src.n: raise InputError(f"embedding has {len(z)} rows; the particles are {src.n}")
+    if len(z) != src.n:
+        raise InputError(f"embedding has {len(z)} rows; the particles are {src.n}")
     if precision is None:
         precision = np.broadcast_to(np.diag(1.0 / np.maximum(z.var(0), 1e-12)), (len(z), z.shape[1], z.shape[1])).copy()
     return kernel_regression(src, z, precision, targets, r["noise"], r["mean_tau"], n_bins=n_bins, Bfactor=Bfactor)
 
+
 def _read_points(path, K=None):
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"{p}: latent points file not found")
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: latent points file not found")
     z = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, ndmin=2)
     z = np.atleast_2d(np.asarray(z, np.float64))
-    if K is not None and z.shape[1] != K: raise InputError(f"{p}: points have {z.shape[1]} coordinates; zdim is {K}")
+    if K is not None and z.shape[1] != K:
+        raise InputError(f"{p}: points have {z.shape[1]} coordinates; zdim is {K}")
     return z
+
 
 def _write_volumes(outdir, out, vols, points, points_name: str) -> Path:
     "Write `vols (T,D,D,D)` as `out/vol0000.mrc…` with the pipeline's pixel size, and the latent `points (T,K)` as text."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     apix = load_result(outdir)["params"]["apix"]
-    for t, v in enumerate(vols): write_map(out / f"vol{t:04d}.mrc", v, apix)
+    for t, v in enumerate(vols):
+        write_map(out / f"vol{t:04d}.mrc", v, apix)
     np.savetxt(out / points_name, np.asarray(points))
     return out
 
+
 def _trajectory(z, density, start, end, n_vols):
     from cryonb.analysis import density_path, resample_path
+
     path = density_path(z, start, end, density=density)
     return resample_path(path.points, n_vols), path
 
-def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, skip_umap: bool = False,
-            n_vols: int = 6, volumes: bool = True, out=None, device=None, Bfactor: float = 0.0, noreg: bool = False):
+
+def analyze(
+    outdir,
+    zdim: int,
+    n_clusters: int = 20,
+    n_trajectories: int = 0,
+    skip_umap: bool = False,
+    n_vols: int = 6,
+    volumes: bool = True,
+    out=None,
+    device=None,
+    Bfactor: float = 0.0,
+    noreg: bool = False,
+):
     """RECOVAR `analyze`: k-means (centres snapped to particles) and their kernel-regression volumes, UMAP,
     KDE density on the first ≤4 dims, trajectories between the farthest centres (and PC extremes) through
     high-density regions. Writes `output/analysis_K/` (or `out`). `Bfactor` (Å²) sharpens the volumes; `noreg`
     uses the unregularized embedding. Returns a dict of what it computed."""
     from cryonb.analysis import kmeans, kde_density, umap_embedding, farthest_pair
     from cryonb.report import Report, latent_scatter
+
     load_result(outdir)
     z, P, c = load_latents(outdir, zdim, noreg=noreg)
-    od = Path(out) if out else Path(outdir) / "output" / f"analysis_{zdim}"; od.mkdir(parents=True, exist_ok=True)
+    od = Path(out) if out else Path(outdir) / "output" / f"analysis_{zdim}"
+    od.mkdir(parents=True, exist_ok=True)
     k = min(n_clusters, len(z))
     n_steps = 3 + (not skip_umap) + bool(volumes) + n_trajectories
     bar = tqdm(total=n_steps, desc="recovar analyze", unit="step")
@@ -1016,15 +1500,20 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
     step("k-means")
     km = kmeans(z, k)
     bar.update()
-    np.savetxt(od / "centers.txt", km.centers); np.save(od / "centers_ind.npy", km.center_ind); np.save(od / "labels.npy", km.labels)
+    np.savetxt(od / "centers.txt", km.centers)
+    np.save(od / "centers_ind.npy", km.center_ind)
+    np.save(od / "labels.npy", km.labels)
     step("density")
-    dens = kde_density(z[:, :min(4, zdim)]); np.save(od / "density.npy", dens)
+    dens = kde_density(z[:, : min(4, zdim)])
+    np.save(od / "density.npy", dens)
     bar.update()
     res = dict(kmeans=km, density=dens, outdir=od)
     if not skip_umap:
         step("UMAP")
         if len(z) > 5:
-            u = umap_embedding(z); np.save(od / "umap_embedding.npy", u); res["umap"] = u
+            u = umap_embedding(z)
+            np.save(od / "umap_embedding.npy", u)
+            res["umap"] = u
         bar.update()
     src = None
     if volumes or n_trajectories:
@@ -1033,31 +1522,42 @@ def analyze(outdir, zdim: int, n_clusters: int = 20, n_trajectories: int = 0, sk
         step(f"volumes at {len(km.centers)} cluster centres")
         vols, _ = reconstruct_at(outdir, km.centers, zdim, Bfactor, source=src, noreg=noreg)
         (od / "centers").mkdir(exist_ok=True)
-        for t, v in enumerate(vols): write_map(od / "centers" / f"vol{t:04d}.mrc", v, r["params"]["apix"])
+        for t, v in enumerate(vols):
+            write_map(od / "centers" / f"vol{t:04d}.mrc", v, r["params"]["apix"])
         bar.update()
     pairs = []
     if n_trajectories:
         pairs.append(farthest_pair(km.centers))
         for d in range(zdim):
-            if len(pairs) >= n_trajectories: break
+            if len(pairs) >= n_trajectories:
+                break
             pairs.append((int(np.argmin(km.centers[:, d])), int(np.argmax(km.centers[:, d]))))
     for t, (i, j) in enumerate(pairs[:n_trajectories]):
         step(f"trajectory {t + 1}/{min(len(pairs), n_trajectories)}")
         pts, path = _trajectory(z, dens, int(km.center_ind[i]), int(km.center_ind[j]), n_vols)
-        td = od / f"trajectory_{t}"; td.mkdir(exist_ok=True); np.savetxt(td / "path.txt", pts)
+        td = od / f"trajectory_{t}"
+        td.mkdir(exist_ok=True)
+        np.savetxt(td / "path.txt", pts)
         vols, _ = reconstruct_at(outdir, pts, zdim, Bfactor, source=src, noreg=noreg)
-        for q, v in enumerate(vols): write_map(td / f"vol{q:04d}.mrc", v, r["params"]["apix"])
+        for q, v in enumerate(vols):
+            write_map(td / f"vol{q:04d}.mrc", v, r["params"]["apix"])
         bar.update()
     res["trajectories"] = pairs[:n_trajectories]
     step("report")
     rep = Report(f"RECOVAR analysis, zdim {zdim}", str(outdir))
-    rep.add_figure(latent_scatter(z[:, :2], km.labels, "k-means", title="latent PCs 1-2"), "Latent coordinates (first two PCs) coloured by k-means cluster.")
-    if "umap" in res: rep.add_figure(latent_scatter(res["umap"], km.labels, "k-means", labels=("UMAP1", "UMAP2")), "UMAP of the latent coordinates.")
+    rep.add_figure(
+        latent_scatter(z[:, :2], km.labels, "k-means", title="latent PCs 1-2"),
+        "Latent coordinates (first two PCs) coloured by k-means cluster.",
+    )
+    if "umap" in res:
+        rep.add_figure(
+            latent_scatter(res["umap"], km.labels, "k-means", labels=("UMAP1", "UMAP2")),
+            "UMAP of the latent coordinates.",
+        )
     rep.write(od / "report.html")
     bar.update()
     bar.close()
     return res
-
 
 # %% ../../nbs/11_recovar.ipynb #53a2dae4
 def _demo_run(ctx, params: dict) -> dict:
@@ -1066,8 +1566,13 @@ def _demo_run(ctx, params: dict) -> dict:
     args = dict(particles=str(ds / "particles.star"), poses=str(ds / "pose.pkl"), ctf=str(ds / "ctf.pkl"))
     src, _ = source_from_args(args, get_device(ctx.device))
     ctx.stage("pipeline: mean, noise, covariance, embeddings")
-    res = recovar_pipeline(src, zdims=params["zdims"], mask_option="from_halfmaps", seed=ctx.seed,
-                           log=lambda *m: ctx.stage(" ".join(map(str, m))[:70]))
+    res = recovar_pipeline(
+        src,
+        zdims=params["zdims"],
+        mask_option="from_halfmaps",
+        seed=ctx.seed,
+        log=lambda *m: ctx.stage(" ".join(map(str, m))[:70]),
+    )
     save_result(res, md, args)
     zdim = max(params["zdims"])
     z = res.embeddings[zdim]["z"].cpu().numpy()
@@ -1075,12 +1580,24 @@ def _demo_run(ctx, params: dict) -> dict:
     np.savetxt(md / "state_points.txt", pts)
     ctx.stage("kernel-regression maps at the state latents")
     vols, infos = reconstruct_at(md, pts, zdim, source=src)
-    return dict(z=z, volumes=[v.cpu().numpy() for v in vols], rule="direct", zdim=zdim,
-                states_equal_to_mean=int(sum(i["equals_mean"] for i in infos)),
-                states_near_mean=int(sum(i["near_mean"] for i in infos)),
-                diff_from_mean=[round(i["diff_from_mean"], 4) for i in infos])
+    return dict(
+        z=z,
+        volumes=[v.cpu().numpy() for v in vols],
+        rule="direct",
+        zdim=zdim,
+        states_equal_to_mean=int(sum(i["equals_mean"] for i in infos)),
+        states_near_mean=int(sum(i["near_mean"] for i in infos)),
+        diff_from_mean=[round(i["diff_from_mean"], 4) for i in infos],
+    )
 
-DEMO_METHODS = [dict(name="RECOVAR", run=_demo_run, kind="heterogeneity",
-                     description="regularized covariance, principal volumes, embeddings, kernel-regression maps "
-                                 "(Gilles & Singer, PNAS 2025)",
-                     presets={"tiny": dict(zdims=(2, 4)), "small": dict(zdims=(4, 10)), "full": dict(zdims=(4, 10, 20))})]
+
+DEMO_METHODS = [
+    dict(
+        name="RECOVAR",
+        run=_demo_run,
+        kind="heterogeneity",
+        description="regularized covariance, principal volumes, embeddings, kernel-regression maps "
+        "(Gilles & Singer, PNAS 2025)",
+        presets={"tiny": dict(zdims=(2, 4)), "small": dict(zdims=(4, 10)), "full": dict(zdims=(4, 10, 20))},
+    )
+]
