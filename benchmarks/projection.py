@@ -2,7 +2,7 @@
 
     python benchmarks/projection.py                          # D = 64 128 256 on the default device
     python benchmarks/projection.py --sizes 64 128 --threads 1
-    /work/venv-cryodrgn/bin/python benchmarks/projection.py  # also times cryoDRGN in the same process
+    ../venv-cryodrgn/bin/python benchmarks/projection.py  # also times cryoDRGN in the same process
 
 Measured per box size D (float32, batches of --batch images, best of --repeats):
   prepare      prepare_volume (gridding correction, padding x2, 3-D FFT): once per map
@@ -169,7 +169,7 @@ def cryodrgn_available():
         from cryodrgn.commands.backproject_voxel import add_slice  # noqa: F401
         return True
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
-        print(f"cryoDRGN not importable ({type(e).__name__}: {e}); run with /work/venv-cryodrgn/bin/python "
+        print(f"cryoDRGN not importable ({type(e).__name__}: {e}); run with ../venv-cryodrgn/bin/python "
               "to compare in the same process.")
         return False
 

@@ -9,12 +9,12 @@ half-set grids (oversampling 2, i.e. a (2D)³ grid, or 1). cryoDRGN's work per b
 `backproject_voxel` loop, called in-process, start-up and image loading not counted): CTF,
 `coords @ rot`, `add_slice` into the full map and the two half-maps (its images are Hartley
 transforms precomputed at load time, so it does *less* per image than we do). cryoDRGN is used
-when `import cryodrgn` works (e.g. `/work/venv-cryodrgn/bin/python` after
-`pip install -e /work/main --no-deps`); otherwise its column is skipped. `finalize` (FSC-regularised
+when `import cryodrgn` works (e.g. `../venv-cryodrgn/bin/python` after
+`pip install -e . --no-deps`); otherwise its column is skipped. `finalize` (FSC-regularised
 solve, 3 iterations) is timed separately. Memory is checked flat in N by running two N.
 
 Measured 2026-11-21 on the shared 2-core CPU dev box (1 thread, heavily loaded by other jobs, so
-±30 %), cryodrgn 4.3.1 in /work/venv-cryodrgn, 1000 images, batch 250:
+±30 %), cryodrgn 4.3.1 in ../venv-cryodrgn, 1000 images, batch 250:
 
     D   oversampling  cryonb img/s  cryoDRGN img/s  ratio  peak RSS cryonb / cryoDRGN (MB)
     64  2 (default)   360-620       100-230         2.7-3.6x   650-760 / 540-600
