@@ -10,7 +10,7 @@ to the nearest image latent, decoded by kernel regression, i.e. cryonb's `kernel
 to each other's; and the adjusted Rand index of k-means (3 clusters) on each tool's zdim-4 embedding.
 
     python benchmarks/recovar.py --D 32 --n 1000                     # cryonb only
-    python benchmarks/recovar.py --D 32 --n 1000 --reference /work/venv-recovar/bin/recovar
+    python benchmarks/recovar.py --D 32 --n 1000 --reference ../venv-recovar/bin/recovar
 
 Reference bug and the work-around used here (found 2026-11-21, D=32, 1000 images): the file conventions
 already agree. recovar 1.0.5's own forward model (`dataset.get_predicted_image`) applied to the true volumes with
@@ -28,7 +28,7 @@ bootstrap (`REFERENCE_BOOTSTRAP`). It wraps those two functions so that they sca
 `max_r` by the oversampling factor, the same as the CUDA kernel does. With it the reference mean scores AUC
 0.205 without CTF and 0.213 with CTF (cryonb 0.21).
 
-Install the reference in a side venv: `python3 -m venv /work/venv-recovar && /work/venv-recovar/bin/pip install recovar==1.0.5`.
+Install the reference in a side venv: `python3 -m venv ../venv-recovar && ../venv-recovar/bin/pip install recovar==1.0.5`.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
