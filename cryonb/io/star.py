@@ -14,15 +14,12 @@ from ..core import InputError, atomic_write
 from .errors import *
 
 # %% auto #0
-__all__ = ['read_star', 'write_star', 'join_optics', 'parse_image_names', 'resolve_stack_path']
+__all__ = ['read_star_blocks', 'read_star', 'write_star', 'join_optics', 'parse_image_names', 'resolve_stack_path']
 
 # %% ../../nbs/03c_io_star.ipynb #85e32470
-def read_star(path):
-    """Read a RELION STAR file (3.0, 3.1, 4, 5) with `starfile`.
-
-    Returns `(particles, optics)`: `particles` a DataFrame (one row per particle, file order),
-    `optics` a DataFrame or None. Raises `FileNotFoundError` if absent, `CryoFormatError` if the
-    file has no table."""
+def read_star_blocks(path) -> dict:
+    """Every table of a STAR file as `{block name: DataFrame}` in file order (scalar blocks dropped), read with
+    `starfile`. Raises `FileNotFoundError` if absent and `CryoFormatError` naming the file if unreadable."""
     import starfile
 
     path = str(path)
@@ -34,7 +31,16 @@ def read_star(path):
             blocks = starfile.read(path, always_dict=True)
     except Exception as e:
         raise CryoFormatError(f"{path}: not a readable STAR file ({type(e).__name__}: {e})") from None
-    blocks = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    return {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+
+
+def read_star(path):
+    """Read a RELION STAR file (3.0, 3.1, 4, 5) with `starfile`.
+
+    Returns `(particles, optics)`: `particles` a DataFrame (one row per particle, file order),
+    `optics` a DataFrame or None. Raises `FileNotFoundError` if absent, `CryoFormatError` if the
+    file has no table."""
+    blocks = read_star_blocks(path)
     optics = blocks.get("optics")
     cand = {k: v for k, v in blocks.items() if k != "optics"}
     if not cand:

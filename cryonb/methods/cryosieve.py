@@ -12,7 +12,7 @@ import torch
 from ..core import get_device, InputError, atomic_write, get_logger, as_numpy, batches
 from ..fourier import fft2c, highpass_mask, phase_shift
 from .. import distributed
-from ..io import read_map, write_map
+from ..io import read_map, write_map, read_star_blocks
 
 _log = get_logger(__name__)
 
@@ -92,20 +92,6 @@ def select_per_halfset(scores, halfset, retention_ratio: float = 0.8, balance: b
     return keep
 
 # %% ../../nbs/10_cryosieve.ipynb #89b2f58d
-def _read_star(path) -> dict:
-    "All blocks of a STAR file as `{name: DataFrame}` (file order kept). Raises FileNotFoundError / InputError."
-    import starfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"star file not found: {path}")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as e:
-        raise InputError(f"{path}: cannot parse as a STAR file ({e})") from e
-    return {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
-
-
 def _particle_block(blocks: dict, path) -> str:
     "Name of the particle table: `particles` if present, else the first table with `rlnImageName`."
     if "particles" in blocks:
@@ -163,7 +149,7 @@ class SieveParticles:
         from cryonb.geometry import euler_to_matrix
 
         self.path = Path(star)
-        self.blocks = _read_star(self.path)  # every table, for writing row subsets back
+        self.blocks = read_star_blocks(self.path)  # every table, for writing row subsets back
         self.particle_block = _particle_block(self.blocks, self.path)
         df, optics = self.blocks[self.particle_block], self.blocks.get("optics")
         if len(df) == 0:
