@@ -361,6 +361,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'cryonb.distributed.all_reduce_mean': ('distributed.html#all_reduce_mean', 'cryonb/distributed.py'),
                                     'cryonb.distributed.barrier': ('distributed.html#barrier', 'cryonb/distributed.py'),
                                     'cryonb.distributed.cleanup': ('distributed.html#cleanup', 'cryonb/distributed.py'),
+                                    'cryonb.distributed.exit_worker': ('distributed.html#exit_worker', 'cryonb/distributed.py'),
                                     'cryonb.distributed.init_from_env': ('distributed.html#init_from_env', 'cryonb/distributed.py'),
                                     'cryonb.distributed.is_initialized': ('distributed.html#is_initialized', 'cryonb/distributed.py'),
                                     'cryonb.distributed.is_main': ('distributed.html#is_main', 'cryonb/distributed.py'),

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from .core import get_device
 
 # %% auto #0
-__all__ = ['is_initialized', 'rank', 'world_size', 'local_rank', 'is_main', 'init_from_env', 'cleanup', 'barrier',
+__all__ = ['is_initialized', 'rank', 'world_size', 'local_rank', 'is_main', 'init_from_env', 'cleanup', 'exit_worker', 'barrier',
            'shard_indices', 'all_gather_object', 'all_gather_tensor', 'all_reduce_mean']
 
 # %% ../nbs/00_distributed.ipynb #622f2059
@@ -60,6 +60,17 @@ def cleanup(created: bool = True):
     if created and is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+def exit_worker(code: int = 0):
+    """End a worker process that `torchrun` started, right after `cleanup`: flush stdout/stderr and leave
+    with `os._exit(code)`, skipping interpreter finalization. Gloo's C++ threads can still hold tensors
+    when Python tears down, and the race aborts a rank with SIGABRT ("terminate called without an
+    active exception") after all its work is done (seen on 2-core CI). Files must already be written."""
+    import os, sys
+    for f in (sys.stdout, sys.stderr):
+        try: f.flush()
+        except Exception: pass
+    os._exit(int(code))
 
 def barrier():
     "Wait for every rank (no-op outside a process group)."

@@ -48,6 +48,7 @@ def main():
     t.fit(blob_images(64), resume=a.resume)
     if cdist.is_main(): torch.save(t.model.state_dict(), f"{a.out_dir}/final.pt")
     cdist.cleanup(created)
+    if created: cdist.exit_worker(0)   # skip finalization races of gloo's threads
 
 
 if __name__ == "__main__":

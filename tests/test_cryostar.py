@@ -144,6 +144,7 @@ cfg = cs.load_config(None, ["model.model_cfg.encoder_hidden_dims=[64,32]", "data
                             "runner.max_steps=3", "do_ref_init=false"])
 cs.AtomTrainer(cfg, ds, ref, d / "ddp", "cpu").run(progress=False)
 distributed.cleanup(created)
+if created: distributed.exit_worker(0)
 '''
 
 

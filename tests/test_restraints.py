@@ -49,6 +49,7 @@ def test_global_batch_variance_two_processes(tmp_path):
         loss = R.losses(X)["elastic"]
         torch.save({{"mask": mask, "loss": loss}}, {str(tmp_path)!r} + f"/out{{dd.rank()}}.pt")
         dd.cleanup(created)
+        if created: dd.exit_worker(0)
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)

@@ -67,6 +67,7 @@ def _sieve_core_main(a) -> int:
         _sieve_core(**dict(kw, device=device))
     finally:
         distributed.cleanup(created)
+    if created: distributed.exit_worker(0)   # a torchrun worker: skip finalization
     return 0
 
 sieve_core = Command(_sieve_core_args, _sieve_core_main, "CryoSieve core: score particles against the half-map of their "
