@@ -193,3 +193,15 @@ def test_kill_and_resume(data, tmp_path):
     steps = [json.loads(l)["step"] for l in open(tmp_path / "log.jsonl")]
     assert steps == list(range(1, 61))
     assert np.load(tmp_path / "z.npy").shape == (len(ds), 8)
+
+
+def test_amp_flag(data, tmp_path, capsys):
+    "`--amp bf16` trains on CPU (finite losses); `--amp fp16` on CPU is an input error naming CUDA."
+    d, ds, ref, gt = data
+    base = ["cryostar", "train-atom", "--star", str(d / "data" / "particles.star"), "--ref", str(d / "ref.pdb"),
+            "--device", "cpu", "--cfg-options", *SMALL, "do_ref_init=false"]
+    assert cli.main(base[:2] + ["--amp", "bf16", "-o", str(tmp_path / "b")] + base[2:]) == 0
+    log = [json.loads(l) for l in open(tmp_path / "b" / "log.jsonl")]
+    assert len(log) == 4 and all(np.isfinite(r["loss"]) for r in log)
+    assert cli.main(base[:2] + ["--amp", "fp16", "-o", str(tmp_path / "h")] + base[2:]) == 2
+    assert "fp16" in capsys.readouterr().err
