@@ -185,11 +185,11 @@ def test_two_rank_gloo(exp, tmp_path):
 def test_learns_the_hinge(exp, tmp_path):
     "After a short training the decoded structures are closer to each image's ground truth than the base is."
     d, t = exp
-    e = _copy(exp, tmp_path, N_epochs=60, batch_size=20, lp_bandwidth=6.0,
+    e = _copy(exp, tmp_path, N_epochs=50, batch_size=10, lp_bandwidth=6.0,
               optimizer={"name": "adam", "learning_rate": 3e-3, "learning_rate_segmentation": 3e-2})
     m = cs.run_experiment(e / "parameters.yaml", device="cpu", progress=False)
     pred = cs.decode_coords(m, np.load(e / "cryoSPHERE" / "z.npy"))
     gt = t["gt"]
     rmsd = structure.kabsch_rmsd(pred, gt).median()
     base = structure.kabsch_rmsd(m.deformer.reference.expand_as(gt), gt).median()
-    assert rmsd < 0.8 * base, (float(rmsd), float(base))
+    assert rmsd < 0.6 * base, (float(rmsd), float(base))      # seen: 0.39 and 0.27 Å against 1.15 Å (seeds 0, 3)
