@@ -127,8 +127,8 @@ def test_null_seed_and_zero_deformation_losses(exp, tmp_path):
     with torch.no_grad(): m.deformer.net[-1].weight.zero_(); m.deformer.net[-1].bias.zero_()
     loss = cs.CryoSphereLoss(ex.params, ex.image, base, 4, "cpu")
     total, logs = loss(m, ds.get_batch(np.arange(8)), 0)
-    assert torch.isfinite(total) and float(logs["clash"]) == 0.0 and float(logs["continuity"]) < 1e-8
-    assert float(logs["correlation"]) < 0                       # the base already resembles the images
+    assert torch.isfinite(total) and float(logs["clash"].detach()) == 0.0 and float(logs["continuity"].detach()) < 1e-8
+    assert float(logs["correlation"].detach()) < 0                       # the base already resembles the images
 
 
 def test_nan_guard_names_step(exp, tmp_path):
