@@ -193,3 +193,18 @@ def test_learns_the_hinge(exp, tmp_path):
     rmsd = structure.kabsch_rmsd(pred, gt).median()
     base = structure.kabsch_rmsd(m.deformer.reference.expand_as(gt), gt).median()
     assert rmsd < 0.6 * base, (float(rmsd), float(base))      # seen: 0.39 and 0.27 Å against 1.15 Å (seeds 0, 3)
+
+
+def test_not_amortized_per_image_latents(exp, tmp_path):
+    "`amortized: False`: per-image learnable means (std 1); z.npy holds them; analysis and checkpoints work."
+    e = _copy(exp, tmp_path, amortized=False, N_epochs=2)
+    assert cli.main(["cryosphere", "train", "--experiment_yaml", str(e / "parameters.yaml"), "--device", "cpu", "--no-progress"]) == 0
+    out = e / "cryoSPHERE"
+    z = np.load(out / "z.npy")
+    assert z.shape == (40, 2) and np.abs(z).max() > 0                      # the means moved from their zero start
+    sd = torch.load(out / "ckpt1.pt", weights_only=False)["model"]
+    assert sd["encoder.means"].shape == (40, 2)
+    assert cli.main(["cryosphere", "analyze", "--experiment_yaml", str(e / "parameters.yaml"), "--model", str(out / "ckpt1.pt"),
+                     "--segmenter", str(out / "seg1.pt"), "--output_path", str(tmp_path / "a"), "--num_points", "2",
+                     "--dimensions", "0", "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "z.npy"), z)
