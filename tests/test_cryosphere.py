@@ -61,6 +61,11 @@ def test_cli_train_analyze_structure_to_volume(exp, tmp_path):
     with mrcfile.open(tmp_path / "maps" / "structure_z_0.mrc") as v:
         assert v.data.shape == (32, 32, 32) and abs(float(v.voxel_size.x) - 2.0) < 1e-6
         assert abs(float(v.header.origin.x) + 32.0) < 1e-4
+    # the shared center-origin verb under the reference's flags: the map's box centre becomes the model's origin
+    assert cli.main(["cryosphere", "center-origin", "--pdb_file_path", str(e / "base_structure.pdb"), "--mrc_file_path",
+                     str(tmp_path / "maps" / "structure_z_0.mrc"), "-o", str(tmp_path / "co")]) == 0
+    c0 = structure.from_pdb(e / "base_structure.pdb").coords
+    torch.testing.assert_close(structure.from_pdb(tmp_path / "co" / "base_structure_centered.pdb").coords, c0, atol=1e-3, rtol=0)
     # a PC that does not exist is a clear error
     assert cli.main(an + ["--output_path", str(tmp_path / "c"), "--dimensions", "5"]) == 2
 
