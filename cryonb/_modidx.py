@@ -710,6 +710,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.load_weights': ( 'cryosphere.html#load_weights',
                                                                                        'cryonb/methods/cryosphere.py'),
+                                           'cryonb.methods.cryosphere.make_trainer': ( 'cryosphere.html#make_trainer',
+                                                                                       'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.param_groups': ( 'cryosphere.html#param_groups',
                                                                                        'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.parse_image': ( 'cryosphere.html#parse_image',
