@@ -733,6 +733,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.segment_motion': ( 'cryosphere.html#segment_motion',
                                                                                          'cryonb/methods/cryosphere.py'),
+                                           'cryonb.methods.cryosphere.segment_ranges': ( 'cryosphere.html#segment_ranges',
+                                                                                         'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.segmentation_figures': ( 'cryosphere.html#segmentation_figures',
                                                                                                'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.segmentation_parts': ( 'cryosphere.html#segmentation_parts',
