@@ -704,6 +704,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.gaussian_kl': ( 'cryosphere.html#gaussian_kl',
                                                                                       'cryonb/methods/cryosphere.py'),
+                                           'cryonb.methods.cryosphere.load_dataset': ( 'cryosphere.html#load_dataset',
+                                                                                       'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.load_experiment': ( 'cryosphere.html#load_experiment',
                                                                                           'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.load_trained': ( 'cryosphere.html#load_trained',
