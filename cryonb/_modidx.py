@@ -685,8 +685,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.build_model': ( 'cryosphere.html#build_model',
                                                                                       'cryonb/methods/cryosphere.py'),
-                                           'cryonb.methods.cryosphere.clash_full': ( 'cryosphere.html#clash_full',
-                                                                                     'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.decode_coords': ( 'cryosphere.html#decode_coords',
                                                                                         'cryonb/methods/cryosphere.py'),
                                            'cryonb.methods.cryosphere.decode_map': ( 'cryosphere.html#decode_map',

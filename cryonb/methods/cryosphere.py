@@ -20,10 +20,10 @@ __all__ = ['PARAMETER_DEFAULTS', 'REQUIRED_KEYS', 'IMAGE_DEFAULTS', 'DEMO_METHOD
            'SegmentPart', 'default_segment_values', 'segmentation_parts', 'gaussian_kl', 'Segmenter', 'segment_motion',
            'SegmentDeformer', 'SphereEncoder', 'PerImageLatents', 'CryoSphereVAE', 'read_yaml', 'validate_parameters',
            'validate_image', 'parse_parameters', 'parse_image', 'apix_down', 'Experiment', 'load_experiment',
-           'beta_schedule', 'read_base_structure', 'build_model', 'clash_full', 'CryoSphereLoss', 'param_groups',
-           'save_epoch_files', 'load_weights', 'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'encode',
-           'decode_coords', 'decode_map', 'analyze', 'segmentation_figures', 'segment_ranges', 'report',
-           'structure_to_volume', 'toy_experiment', 'load_dataset', 'run_experiment', 'load_trained']
+           'beta_schedule', 'read_base_structure', 'build_model', 'CryoSphereLoss', 'param_groups', 'save_epoch_files',
+           'load_weights', 'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'encode', 'decode_coords',
+           'decode_map', 'analyze', 'segmentation_figures', 'segment_ranges', 'report', 'structure_to_volume',
+           'toy_experiment', 'load_dataset', 'run_experiment', 'load_trained']
 
 # %% ../../nbs/16_cryosphere.ipynb #31b6f55c
 def quat1v_to_rotvec(v: torch.Tensor) -> torch.Tensor:
@@ -564,27 +564,6 @@ def build_model(params: dict, image: dict, base: structure.CGModel, n_images: in
     imf = projection.ImageFormation(D, apix, pot, lowpass_A=params["lp_bandwidth"])
     return CryoSphereVAE(enc, dfm, imf, f_std)
 
-# %% ../../nbs/16_cryosphere.ipynb #f9ec0278
-def clash_full(coords: torch.Tensor, cutoff: float = 4.0, min_sep: int = 2) -> torch.Tensor:
-    """cryoSPHERE's full clash loss, as `restraints.clash_all_pairs` (per sample `Σ (cutoff − d)²` over the pairs
-    `j ≥ i + min_sep` closer than `cutoff` Å, divided by their number; 0, never NaN, without clashes; mean over the
-    batch) but fast: squared distances of all pairs by one batched matrix product, then exact distances only for the
-    few pairs below the cutoff. `coords (B,N,3)` Å."""
-    B, N, _ = coords.shape
-    with torch.no_grad():
-        x = coords.detach().float()
-        sq = (x * x).sum(-1)
-        d2 = sq[:, :, None] + sq[:, None, :] - 2 * torch.bmm(x, x.transpose(1, 2))
-        tri = torch.ones(N, N, dtype=torch.bool, device=coords.device).triu(min_sep)
-        b, i, j = torch.nonzero((d2 < (cutoff + 1e-3) ** 2) & tri, as_tuple=True)
-    if len(b) == 0: return coords.new_zeros(())
-    diff = coords[b, i] - coords[b, j]
-    d = (diff * diff).sum(-1).clamp_min(1e-12).sqrt()
-    v = (cutoff - d).clamp_min(0) ** 2
-    tot = coords.new_zeros(B).index_add(0, b, v)
-    cnt = coords.new_zeros(B).index_add(0, b, (d < cutoff).to(coords.dtype))
-    return (tot / cnt.clamp_min(1)).mean()
-
 # %% ../../nbs/16_cryosphere.ipynb #5a514127
 class CryoSphereLoss:
     """The reference's objective as a `training.Trainer` step function `(model, batch, step) -> (loss, logs)`:
@@ -627,7 +606,7 @@ class CryoSphereLoss:
             with torch.no_grad(): l2 = model.l2_weights()
         else: l2 = model.l2_weights()
         cont = restraints.continuity_loss(c, self.r.continuity, self.r.continuity_d0)
-        clash = clash_full(c, self.cutoff) if self.full_clash else restraints.clash_loss(c, self.r.clash, self.cutoff)
+        clash = restraints.clash_all_pairs(c, self.cutoff) if self.full_clash else restraints.clash_loss(c, self.r.clash, self.cutoff)
         b = {k: s(epoch) for k, s in self.betas.items()}
         total = (C + b["KL_prior_latent"] * klz / P + b["KL_prior_segmentation_mean"] * kls["mean"] / P
                  + b["KL_prior_segmentation_std"] * kls["std"] / P + b["KL_prior_segmentation_proportions"] * kls["proportions"] / P
