@@ -8,6 +8,7 @@ import copy, json, math, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
+import roma
 import torch
 from torch import nn
 from ..core import InputError, atomic_write, get_device, get_logger
@@ -27,17 +28,16 @@ __all__ = ['PARAMETER_DEFAULTS', 'REQUIRED_KEYS', 'IMAGE_DEFAULTS', 'DEMO_METHOD
 
 # %% ../../nbs/16_cryosphere.ipynb #31b6f55c
 def quat1v_to_rotvec(v: torch.Tensor) -> torch.Tensor:
-    """Rotation vectors `(…,3)` of the unnormalised quaternions `(1, v)` (wxyz; `v (…,3)`) as the reference computes
-    them (roma's `unitquat_to_rotvec` on a non-unit quaternion): `φ = v̂ · 2·atan|v| · √(1+|v|²)`, `φ → 2v` as
-    `|v| → 0`. (The exact angle of `(1, v)` is `2·atan|v|`; we keep the reference's map for faithfulness.)"""
-    n2 = (v * v).sum(-1, keepdim=True)
-    n = (n2 + 1e-30).sqrt()
-    f = torch.where(n > 1e-6, 2 * torch.atan(n) * torch.sqrt(1 + n2) / n, 2 + 0 * n)
-    return v * f
+    """Rotation vectors `(…,3)` (radians) of the unnormalised quaternions `(1, v)` (`v (…,3)`, the vector part) as
+    the reference computes them: `roma.unitquat_to_rotvec` of the xyzw quaternion `(v, 1)`, without normalising.
+    That maps `v` to `φ = v̂ · 2·atan|v| · √(1+|v|²)` (`φ → 2v` as `|v| → 0`; the exact angle of `(1, v)` would be
+    `2·atan|v|`); we keep the reference's map for faithfulness. Differentiable at `v = 0` (gradient 2)."""
+    return roma.unitquat_to_rotvec(torch.cat([v, torch.ones_like(v[..., :1])], -1))
 
 def rotate_rodrigues(rotvec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """`exp([θ]ₓ) x` for rotation vectors `rotvec (…,3)` (radians) acting on points `x (…,3)` (broadcast), by Rodrigues'
-    formula `x cos θ + (sin θ/θ) θ×x + ((1−cos θ)/θ²) θ(θ·x)`, stable and differentiable at θ = 0."""
+    formula `x cos θ + (sin θ/θ) θ×x + ((1−cos θ)/θ²) θ(θ·x)`, stable and differentiable at θ = 0. Equal to
+    `roma.rotvec_to_rotmat(rotvec) @ x` but without the matrices (faster in a training step; see above)."""
     t2 = (rotvec * rotvec).sum(-1, keepdim=True)
     t = (t2 + 1e-20).sqrt()
     a = torch.sin(t) / t
