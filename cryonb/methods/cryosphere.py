@@ -14,17 +14,17 @@ from torch import nn
 from ..core import InputError, atomic_write, get_device, get_logger
 from .. import structure, distributed, restraints, projection, training
 from ..atomic_vae import AtomicVAE, Deformer, mlp, circular_mask, masked_correlation_loss, toy_cgmodel
+from ..atomic_vae import PerImageLatents, encode, decode_coords, decode_map, save_latents   # shared: re-exported here
 from ..fourier import fft2c, ifft2c, lowpass_mask
 
 # %% auto #0
 __all__ = ['PARAMETER_DEFAULTS', 'REQUIRED_KEYS', 'IMAGE_DEFAULTS', 'DEMO_METHODS', 'quat1v_to_rotvec', 'rotate_rodrigues',
            'SegmentPart', 'default_segment_values', 'segmentation_parts', 'gaussian_kl', 'Segmenter', 'segment_motion',
-           'SegmentDeformer', 'SphereEncoder', 'PerImageLatents', 'CryoSphereVAE', 'read_yaml', 'validate_parameters',
-           'validate_image', 'parse_parameters', 'parse_image', 'apix_down', 'Experiment', 'load_experiment',
-           'beta_schedule', 'read_base_structure', 'build_model', 'CryoSphereLoss', 'param_groups', 'save_epoch_files',
-           'load_weights', 'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'encode', 'decode_coords',
-           'decode_map', 'analyze', 'segmentation_figures', 'segment_ranges', 'report', 'structure_to_volume',
-           'toy_experiment', 'load_dataset', 'run_experiment', 'load_trained']
+           'SegmentDeformer', 'SphereEncoder', 'CryoSphereVAE', 'read_yaml', 'validate_parameters', 'validate_image',
+           'parse_parameters', 'parse_image', 'apix_down', 'Experiment', 'load_experiment', 'beta_schedule',
+           'read_base_structure', 'build_model', 'CryoSphereLoss', 'param_groups', 'save_epoch_files', 'load_weights',
+           'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'analyze', 'segmentation_figures', 'segment_ranges',
+           'report', 'structure_to_volume', 'toy_experiment', 'load_dataset', 'run_experiment', 'load_trained']
 
 # %% ../../nbs/16_cryosphere.ipynb #31b6f55c
 def quat1v_to_rotvec(v: torch.Tensor) -> torch.Tensor:
@@ -248,38 +248,25 @@ class SphereEncoder(nn.Module):
         mu, s = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
         return mu, 2 * torch.log(nn.functional.elu(s) + 1 + 1e-12)
 
-class PerImageLatents(nn.Module):
-    "`amortized: False`: a learnable mean `(n_images, zdim)` per image (init 0), std fixed at 1. `forward(images, index)`."
-    def __init__(self, n_images: int, zdim: int = 8):
-        super().__init__()
-        self.zdim = int(zdim)
-        self.means = nn.Parameter(torch.zeros(int(n_images), self.zdim))
-    def forward(self, images, index=None):
-        if index is None: raise InputError("per-image latents (amortized: False) need the batch's dataset indices")
-        mu = self.means[index.to(self.means.device)]
-        return mu, torch.zeros_like(mu)
-
 class CryoSphereVAE(AtomicVAE):
-    """cryoSPHERE's model: encoder (`SphereEncoder` or `PerImageLatents`) + `SegmentDeformer` + the shared
-    `projection.ImageFormation`. `f_std` (buffer) divides the images the encoder sees and the predictions.
+    """cryoSPHERE's model: encoder (`SphereEncoder` or `atomic_vae.PerImageLatents`) + `SegmentDeformer` + the shared
+    `projection.ImageFormation`, on `atomic_vae.AtomicVAE` (same sampling of `z`, `noise`, autocast rules). `f_std`
+    (buffer) divides the images the encoder sees (`encode_batch`) and the predictions.
     `forward(batch, sample=True)` → `mu, logvar, z, coords (B,N,3) Å, pred (B,D,D)` (÷ f_std), `weights (B,N,K)`."""
     def __init__(self, encoder, deformer: SegmentDeformer, imaging, f_std: float = 1.0):
         super().__init__(encoder, deformer, imaging)
         self.register_buffer("f_std", torch.tensor(float(f_std)))
 
     def encode_batch(self, batch):
-        if isinstance(self.encoder, PerImageLatents): return self.encoder(None, batch["index"])
+        "`AtomicVAE.encode_batch` on the images divided by `f_std` (per-image latents: the batch's `index`)."
+        if isinstance(self.encoder, PerImageLatents): return super().encode_batch(batch)
         return self.encoder(batch["images"] / self.f_std)
 
-    def forward(self, batch: dict, sample: bool = True, generator=None) -> dict:
-        mu, logvar = self.encode_batch(batch)
-        z = mu
-        if sample and self.training:
-            eps = torch.randn(mu.shape, generator=generator, device="cpu" if generator is not None else mu.device)
-            z = mu + eps.to(mu.device, mu.dtype) * torch.exp(0.5 * logvar)
-        coords = self.deformer(z)
-        pred = self.imaging(batch["rotations"], batch.get("shifts"), batch.get("ctf"), coords=coords) / self.f_std
-        return {"mu": mu, "logvar": logvar, "z": z, "coords": coords, "pred": pred, "weights": self.deformer.last_weights}
+    def forward(self, batch: dict, sample: bool = True, generator=None, noise=None) -> dict:
+        out = super().forward(batch, sample, generator, noise)
+        out["pred"] = out["pred"] / self.f_std
+        out["weights"] = self.deformer.last_weights
+        return out
 
     def segmentation_parameters(self): return list(self.deformer.segmenter.parameters())
     def network_parameters(self):
@@ -755,41 +742,6 @@ def train(params: dict, image: dict, dataset, base: structure.CGModel, out_dir, 
     return tr.model.eval()
 
 # %% ../../nbs/16_cryosphere.ipynb #163ee62d
-@torch.no_grad()
-def encode(model: CryoSphereVAE, dataset, batch_size: int = 256, device=None, path=None) -> np.ndarray:
-    "Latent means `(N, zdim)` of every particle (eval mode; per-image means when not amortized); `.npy` at `path` if given."
-    from cryonb.atomic_vae import save_latents
-    dev = next(model.parameters()).device if device is None else get_device(device)
-    model.to(dev)
-    if isinstance(model.encoder, PerImageLatents):
-        z = model.encoder.means.detach().float().cpu().numpy()
-        if len(z) != len(dataset): raise InputError(f"the model has per-image latents of {len(z)} particles; the dataset has {len(dataset)}")
-    else:
-        was = model.training; model.eval()
-        try:
-            z = np.concatenate([model.encoder(dataset.images(np.arange(s, min(s + batch_size, len(dataset)))).to(dev) / model.f_std)[0].float().cpu().numpy()
-                                for s in range(0, len(dataset), batch_size)])
-        finally: model.train(was)
-    if path is not None: save_latents(path, z)
-    return z
-
-@torch.no_grad()
-def decode_coords(model: CryoSphereVAE, z, batch_size: int = 256) -> torch.Tensor:
-    "Structures `(K,N,3)` Å (CPU) at latents `z (K, zdim)` with the posterior-mean segmentation (deterministic)."
-    dev = next(model.parameters()).device
-    was = model.training; model.eval()
-    try:
-        z = torch.as_tensor(np.asarray(z), dtype=torch.float32).reshape(-1, model.deformer.zdim)
-        return torch.cat([model.deformer(z[s:s + batch_size].to(dev)).float().cpu() for s in range(0, len(z), batch_size)])
-    finally: model.train(was)
-
-@torch.no_grad()
-def decode_map(model: CryoSphereVAE, z, D: int, apix: float) -> torch.Tensor:
-    "Maps `(K,D,D,D)` `[z,y,x]` (voxel `D//2` = 0 Å) of the decoded Gaussian models at `z (K,zdim)` (`projection.render_gmm_3d`), for CryoBench."
-    c = decode_coords(model, z)
-    d = model.deformer
-    return torch.stack([projection.render_gmm_3d(ci, d.amplitudes.cpu(), d.sigma, D, apix) for ci in c])
-
 def _write_structure(path, coords, cg):
     structure.write_pdb(path, torch.as_tensor(coords)[None], cg)
 
