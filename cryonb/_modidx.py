@@ -50,6 +50,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'cryonb.atomic_vae.PerImageLatents.forward': ( 'atomic_vae.html#perimagelatents.forward',
                                                                                   'cryonb/atomic_vae.py'),
                                    'cryonb.atomic_vae._model_device': ('atomic_vae.html#_model_device', 'cryonb/atomic_vae.py'),
+                                   'cryonb.atomic_vae.add_training_and_latents': ( 'atomic_vae.html#add_training_and_latents',
+                                                                                   'cryonb/atomic_vae.py'),
                                    'cryonb.atomic_vae.atomic_report': ('atomic_vae.html#atomic_report', 'cryonb/atomic_vae.py'),
                                    'cryonb.atomic_vae.circular_mask': ('atomic_vae.html#circular_mask', 'cryonb/atomic_vae.py'),
                                    'cryonb.atomic_vae.decode_coords': ('atomic_vae.html#decode_coords', 'cryonb/atomic_vae.py'),

@@ -17,7 +17,7 @@ from .training import kl_divergence
 __all__ = ['IMAGE_LOSSES', 'kl_free_bits', 'circular_mask', 'mlp', 'MLPEncoder', 'Deformer', 'IdentityDeformer',
            'image_formation', 'toy_cgmodel', 'PerImageLatents', 'AtomicVAE', 'masked_correlation_loss', 'pearson_loss',
            'gaussian_nll', 'encode', 'save_latents', 'decode_coords', 'decode_map', 'export_traversals',
-           'export_kmeans', 'write_cluster_stars', 'atomic_report']
+           'export_kmeans', 'write_cluster_stars', 'add_training_and_latents', 'atomic_report']
 
 # %% ../nbs/14_atomic_vae.ipynb #b6c29e90
 def circular_mask(D: int, radius: float = 1.0, device=None) -> torch.Tensor:
@@ -296,17 +296,16 @@ def write_cluster_stars(star_path, labels, outdir, ind=None, prefix: str = "clus
     return out
 
 # %% ../nbs/14_atomic_vae.ipynb #f8068b81
-def atomic_report(outdir, z, log=None, labels=None, title: str = "Atomic VAE", params: dict | None = None) -> Path:
-    """`report.html` in `outdir`: parameters, loss curves from `log` (list of dicts with `step` and loss
-    keys, e.g. read from `log.jsonl`), the latent PCA (and UMAP when available) coloured by the ground-truth
-    `labels` when known, and the structures written along PCs (`pca-*.pdb`: Cα RMSD of each frame to the first)."""
-    from cryonb.report import Report, latent_scatter, line_figure
-    outdir = Path(outdir)
-    rep = Report(title)
-    if params: rep.add_params(params)
+_LOG_BOOKKEEPING = ("step", "time", "epoch", "lr", "grad_norm", "beta")
+
+def add_training_and_latents(rep, z, log=None, labels=None):
+    """Add to `rep` (a `cryonb.report.Report`) what every atomic method's report shows first: the training losses of
+    `log` (list of dicts with `step` and numeric loss keys, e.g. read from a JSONL log; bookkeeping keys step, time,
+    epoch, lr, grad_norm, beta left out) and the latent PCA (PC1, PC2) of `z (N, zdim)` coloured by the ground-truth
+    `labels (N,)` when known. Returns `rep`."""
+    from cryonb.report import latent_scatter, line_figure
     if log:
-        keys = [k for k in log[0] if k not in ("step", "time", "epoch", "lr", "grad_norm", "beta")
-                and isinstance(log[0][k], (int, float))]
+        keys = [k for k in log[0] if k not in _LOG_BOOKKEEPING and isinstance(log[0][k], (int, float))]
         steps = [r["step"] for r in log]
         rep.add_figure(line_figure(steps, {k: [r.get(k, np.nan) for r in log] for k in keys}, "step", "loss", "Training losses"))
     Z = analysis.as_latents(z)
@@ -314,6 +313,17 @@ def atomic_report(outdir, z, log=None, labels=None, title: str = "Atomic VAE", p
     c2 = p.coords[:, :2] if p.coords.shape[1] >= 2 else np.c_[p.coords[:, :1], np.zeros(len(Z))]
     rep.add_figure(latent_scatter(c2, color=labels, color_name="ground truth" if labels is not None else "",
                                   labels=("PC1", "PC2"), title="Latent PCA"))
+    return rep
+
+def atomic_report(outdir, z, log=None, labels=None, title: str = "Atomic VAE", params: dict | None = None) -> Path:
+    """`report.html` in `outdir`: parameters, loss curves from `log` (list of dicts with `step` and loss
+    keys, e.g. read from `log.jsonl`), the latent PCA coloured by the ground-truth `labels` when known
+    (`add_training_and_latents`), and the structures written along PCs (`pca-*.pdb`: Cα RMSD of each frame to the first)."""
+    from cryonb.report import Report
+    outdir = Path(outdir)
+    rep = Report(title)
+    if params: rep.add_params(params)
+    add_training_and_latents(rep, z, log, labels)
     rows = []
     for f in sorted(outdir.glob("pca-*.pdb")):
         m = structure.from_pdb(f)

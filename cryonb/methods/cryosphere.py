@@ -820,19 +820,12 @@ def report(model: CryoSphereVAE, z, outdir, log=None, labels=None, traversals=No
     """`report.html` in `outdir`: parameters, training losses (`log`: dicts with `step`), latent PCA (coloured by
     `labels` when known), the segmentation on the sequence and the structure, and the motion along each traversal
     (max Cα RMSD of its structures to the first)."""
-    from cryonb.report import Report, latent_scatter, line_figure
-    from cryonb import analysis
+    from cryonb.report import Report
+    from cryonb.atomic_vae import add_training_and_latents
     import pandas as pd
     rep = Report(title, "segment-wise rigid-body heterogeneity (Ducrocq et al., ICLR 2025)")
     if params: rep.add_params({k: v for k, v in params.items() if k not in ("segmentation_config",)})
-    if log:
-        keys = [k for k in log[0] if k not in ("step", "time", "epoch", "lr", "grad_norm")]
-        rep.add_figure(line_figure([r["step"] for r in log], {k: [r.get(k, np.nan) for r in log] for k in keys}, "step", "loss",
-                                   "Training losses", log_y=False))
-    Z = analysis.as_latents(z)
-    pc = analysis.pca(Z).coords
-    c2 = pc[:, :2] if pc.shape[1] >= 2 else np.c_[pc[:, :1], np.zeros(len(Z))]
-    rep.add_figure(latent_scatter(c2, color=labels, color_name="ground truth" if labels is not None else "", labels=("PC1", "PC2"), title="Latent PCA"))
+    add_training_and_latents(rep, z, log, labels)      # losses and latent PCA, as every atomic method's report
     for f in segmentation_figures(model): rep.add_figure(f)
     rep.add_table(segment_ranges(model), "Segments (posterior mean): contiguous residue ranges")
     rows = []
