@@ -15,9 +15,9 @@ from .training import kl_divergence
 
 # %% auto #0
 __all__ = ['IMAGE_LOSSES', 'kl_free_bits', 'circular_mask', 'mlp', 'MLPEncoder', 'Deformer', 'IdentityDeformer',
-           'image_formation', 'toy_cgmodel', 'AtomicVAE', 'masked_correlation_loss', 'pearson_loss', 'gaussian_nll',
-           'encode', 'save_latents', 'decode_coords', 'decode_map', 'export_traversals', 'export_kmeans',
-           'write_cluster_stars', 'atomic_report']
+           'image_formation', 'toy_cgmodel', 'PerImageLatents', 'AtomicVAE', 'masked_correlation_loss', 'pearson_loss',
+           'gaussian_nll', 'encode', 'save_latents', 'decode_coords', 'decode_map', 'export_traversals',
+           'export_kmeans', 'write_cluster_stars', 'atomic_report']
 
 # %% ../nbs/14_atomic_vae.ipynb #b6c29e90
 def circular_mask(D: int, radius: float = 1.0, device=None) -> torch.Tensor:
@@ -101,21 +101,45 @@ def toy_cgmodel(n: int = 30, seed: int = 0) -> structure.CGModel:
                              np.arange(1, n + 1), np.full(n, "A"), np.full(n, "CA"), 2.0)
 
 # %% ../nbs/14_atomic_vae.ipynb #ad30d55b
+class PerImageLatents(nn.Module):
+    """Per-image latents instead of an image encoder (cryoSPHERE's `amortized: False`): a learnable mean
+    `means (n_images, zdim)` per particle of the dataset (init 0), std fixed at 1 (`log σ² = 0`).
+    `forward(images, index)` → `(μ, log σ²)` `(B, zdim)` of the particles `index (B,)` (dataset positions; the images
+    are not used). Raises `InputError` without `index`."""
+    def __init__(self, n_images: int, zdim: int = 8):
+        super().__init__()
+        if zdim < 1: raise InputError(f"zdim: expected >= 1, got {zdim}")
+        self.zdim = int(zdim)
+        self.means = nn.Parameter(torch.zeros(int(n_images), self.zdim))
+
+    def forward(self, images, index=None):
+        if index is None: raise InputError("per-image latents (amortized: False) need the batch's dataset indices")
+        mu = self.means[torch.as_tensor(index).to(self.means.device)]
+        return mu, torch.zeros_like(mu)
+
 class AtomicVAE(nn.Module):
     """Encoder + deformer + forward model. `forward(batch, sample=True)` takes a batch dict of
-    `ParticleDataset` (`images (B,D,D)`, `rotations (B,3,3)`, `shifts (B,2)` Å, `ctf`) and returns
+    `ParticleDataset` (`images (B,D,D)`, `rotations (B,3,3)`, `shifts (B,2)` Å, `ctf`, `index (B,)`) and returns
     `mu, logvar, z (B,zdim)`, `coords (B,N,3)` Å and `pred (B,D,D)` (CTF'd, shifted by `−origin`,
     low-passed). `z = μ` when `sample` is False or in eval mode; else `z = μ + ε·exp(½ log σ²)` with `ε` = `noise
     (B,zdim)` when given (a trainer draws it per particle, so the run does not depend on how a batch is split over
     ranks), else drawn from `generator` (or the global RNG). Under autocast the encoder and deformer run in the
-    autocast dtype, the forward model (FFTs, phases, CTF) in float32."""
+    autocast dtype, the forward model (FFTs, phases, CTF) in float32.
+
+    `encode_batch(batch) → (μ, log σ²)` is the one place a batch meets the encoder (`forward` and `encode` use it):
+    the images through an image encoder, or the batch's `index` into `PerImageLatents`. A method that preprocesses
+    the encoder's input (cryoSPHERE divides by its Fourier scale) overrides it."""
     def __init__(self, encoder: nn.Module, deformer: Deformer, imaging: nn.Module):
         super().__init__()
         self.encoder, self.deformer, self.imaging = encoder, deformer, imaging
 
+    def encode_batch(self, batch: dict):
+        if isinstance(self.encoder, PerImageLatents): return self.encoder(None, batch.get("index"))
+        return self.encoder(batch["images"])
+
     def forward(self, batch: dict, sample: bool = True, generator: torch.Generator | None = None,
                 noise: torch.Tensor | None = None) -> dict:
-        mu, logvar = self.encoder(batch["images"])
+        mu, logvar = self.encode_batch(batch)
         z = mu
         if sample and self.training:
             if noise is not None:
@@ -163,20 +187,35 @@ IMAGE_LOSSES = {"correlation": masked_correlation_loss, "pearson": pearson_loss,
 kl_free_bits = kl_divergence   # old name; the one implementation is cryonb.training.kl_divergence
 
 # %% ../nbs/14_atomic_vae.ipynb #aed3ed3b
+def _model_device(model, device):
+    "`device` (the model is moved there) or, when None, the device of the model's parameters."
+    if device is None: return next(model.parameters()).device
+    dev = get_device(device); model.to(dev)
+    return dev
+
 @torch.no_grad()
 def encode(model: AtomicVAE, dataset, batch_size: int = 256, device=None, path=None) -> np.ndarray:
-    """Latent means `μ (N, zdim)` of every particle of `dataset` (a `ParticleDataset`), batched, in eval
-    mode; written atomically to `path` (e.g. `z.npy`) when given."""
-    device = get_device(device)
-    was = model.training; model.eval()
-    out = []
-    try:
-        for s in range(0, len(dataset), batch_size):
-            img = dataset.images(np.arange(s, min(s + batch_size, len(dataset)))).to(device)
-            out.append(model.encoder(img)[0].float().cpu())
-    finally:
-        model.train(was)
-    z = torch.cat(out).numpy()
+    """Latent means `μ (N, zdim)` of every particle of `dataset` (a `ParticleDataset`) through
+    `model.encode_batch`, in batches of `batch_size`, in eval mode; with `PerImageLatents` the learned means
+    themselves (no image is read). `device`: where to run (the model is moved there; default: the model's
+    device). Written atomically to `path` (e.g. `z.npy`) when given. Raises `InputError` when per-image latents
+    do not match the dataset's size."""
+    dev = _model_device(model, device)
+    if isinstance(model.encoder, PerImageLatents):
+        z = model.encoder.means.detach().float().cpu().numpy()
+        if len(z) != len(dataset):
+            raise InputError(f"the model has per-image latents of {len(z)} particles; the dataset has {len(dataset)}")
+    else:
+        was = model.training; model.eval()
+        out = []
+        try:
+            for s in range(0, len(dataset), batch_size):
+                idx = np.arange(s, min(s + batch_size, len(dataset)))
+                b = {"images": dataset.images(idx).to(dev), "index": torch.as_tensor(idx, device=dev)}
+                out.append(model.encode_batch(b)[0].float().cpu())
+        finally:
+            model.train(was)
+        z = torch.cat(out).numpy() if out else np.zeros((0, model.deformer.zdim), np.float32)
     if path is not None: save_latents(path, z)
     return z
 
@@ -187,17 +226,25 @@ def save_latents(path, z) -> Path:
     return Path(path)
 
 @torch.no_grad()
-def decode_coords(model: AtomicVAE, z, device=None) -> torch.Tensor:
-    "Deformed models `(K,N,3)` Å (CPU) of latents `z (K, zdim)`."
-    dev = next(model.parameters()).device if device is None else get_device(device)
-    z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=dev).reshape(-1, model.deformer.zdim)
-    return model.deformer(z).float().cpu()
+def decode_coords(model: AtomicVAE, z, device=None, batch_size: int = 256) -> torch.Tensor:
+    """Deformed models `(K,N,3)` Å (CPU, float32) of latents `z (K, zdim)` (array or tensor), decoded in batches of
+    `batch_size` with the deformer in eval mode: deterministic (cryoSPHERE: the posterior-mean segmentation).
+    `device`: where to run (the model is moved there; default: the model's device)."""
+    dev = _model_device(model, device)
+    z = torch.as_tensor(z if torch.is_tensor(z) else np.asarray(z)).detach().to(torch.float32).reshape(-1, model.deformer.zdim)
+    was = model.training; model.eval()
+    try:
+        out = [model.deformer(z[s:s + batch_size].to(dev)).float().cpu() for s in range(0, len(z), batch_size)]
+    finally:
+        model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, model.deformer.n_res, 3)
 
 @torch.no_grad()
-def decode_map(model: AtomicVAE, z, D: int, apix: float, device=None) -> torch.Tensor:
-    """Maps `(K,D,D,D)` `[z,y,x]` (voxel `D//2` = 0 Å) of the deformed Gaussian models at latents `z (K, zdim)`
-    (`projection.render_gmm_3d`; amplitude per voxel), so `cryonb.cryobench` scores any atomic method."""
-    c = decode_coords(model, z, device)
+def decode_map(model: AtomicVAE, z, D: int, apix: float, device=None, batch_size: int = 256) -> torch.Tensor:
+    """Maps `(K,D,D,D)` `[z,y,x]` (voxel `D//2` = 0 Å, `apix` Å) of the deformed Gaussian models at latents
+    `z (K, zdim)` (`decode_coords`, then `projection.render_gmm_3d`; amplitude per voxel), so `cryonb.cryobench`
+    scores any atomic method."""
+    c = decode_coords(model, z, device, batch_size)
     d = model.deformer
     return torch.stack([projection.render_gmm_3d(ci, d.amplitudes.cpu(), d.sigma, D, apix) for ci in c])
 
