@@ -1,0 +1,156 @@
+"""cryoSPHERE training-step throughput: cryonb next to the reference (cryosphere 0.6.1), same run.
+
+    python benchmarks/cryosphere.py speed [--sizes 64 128] [--batch 32] [--steps 10] [--segments 20]
+                                          [--reference-python ../venvs/cryosphere/bin/python]
+    <venv>/bin/python benchmarks/cryosphere.py reference --data DIR --D 64 [--batch 32] [--steps 10]
+
+`speed` (cryonb's interpreter): for each box size it simulates a small AdK closed→open set with
+`cryonb.datasets.make_adk_dataset` (214 residues, 1AKE as the base structure; 100 images, enough for the
+reference's f_std estimate), times cryonb's cryoSPHERE training step on one batch of those images, then
+runs this same file in `reference` mode under `--reference-python` (a venv holding cryosphere==0.6.1 and
+CPU torch, see benchmarks/README.md) on the same files, and prints both throughputs, peak memory and the
+ratio cryonb / reference.
+
+What one "step" is, on both sides: a batch of `--batch` images (pre-loaded, so file reading is not
+timed) → encoder → latent sample → segmentation sample → decoder → per-residue rigid motion →
+pose rotation → Gaussian projection → CTF → correlation loss + KL terms + L2 + continuity + full clash
+loss → backward → Adam step. One thread (`torch.set_num_threads(1)`), CPU, 2 warm-up steps then
+`--steps` timed steps. Figures: images per CPU-second (`time.process_time`), images per wall-second,
+peak resident set (`ru_maxrss`, of the whole process, so it includes the interpreter and torch).
+
+`reference` (the reference venv's interpreter; imports nothing from cryonb): builds the reference's
+objects through its own `cryosphere.model.utils.parse_yaml` from a parameters.yaml written with the
+values of the reference's example file (N_segm = `--segments`, full clash loss, Adam 3e-5 / 3e-4,
+`device: CPU`, `wandb: False`) and drives its model, renderer and `compute_loss` directly, because its
+`cryosphere_train` entry point needs CUDA and NCCL. Two imports the CPU venv cannot satisfy are stubbed
+before importing it: `wandb` (never called with `wandb: False`) and `torchvision.transforms.functional`
+(`resize` is only called when Npix_downsize != Npix, never here). It prints one JSON line.
+
+The reference's code is GPL-3.0: this file only calls it, it copies none of it.
+"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time, types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- reference side (cryosphere venv)
+def _stub_reference_imports():
+    """Stub `wandb` and `torchvision.transforms.functional` (see the module docstring)."""
+    import torch
+    if "wandb" not in sys.modules:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            w = types.ModuleType("wandb")
+            def _no(*a, **k): raise RuntimeError("wandb stub: run with wandb: False")
+            w.login = w.init = w.log = w.Image = _no
+            sys.modules["wandb"] = w
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+    except Exception:
+        tv = types.ModuleType("torchvision"); tr = types.ModuleType("torchvision.transforms")
+        fn = types.ModuleType("torchvision.transforms.functional")
+        def resize(img, size, antialias=True):  # bilinear antialiased, as torchvision's tensor path
+            return torch.nn.functional.interpolate(img[None], size=list(size), mode="bilinear",
+                                                   align_corners=False, antialias=antialias)[0]
+        fn.resize = resize; tr.functional = fn; tv.transforms = tr
+        sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
+
+
+def reference_parameters(folder, star, pdb, n_images, batch, segments, seed=1, full_clash=True):
+    """The reference's example parameters.yaml values (GitHub Gabriel-Ducrocq/cryoSPHERE), CPU, no wandb."""
+    return {
+        "name": "bench", "wandb": False, "wandb_project": "none", "folder_path": str(folder),
+        "base_structure_path": str(pdb), "image_yaml": "images.yaml", "particles_path": str(Path(star).parent),
+        "cs_star_file": {"file": str(star)},
+        "segmentation_config": {"part1": {"all_protein": True, "N_segm": segments}},
+        "lp_bandwidth": None, "loss_mask_radius": 1, "input_mask_radius": 1, "latent_dimension": 8,
+        "tau_segmentation": 0.05, "device": "CPU", "num_workers": 0, "amortized": True, "N_images": n_images,
+        "N_epochs": 300, "batch_size": batch, "epsilon_kl": "1e-10", "seed": seed, "deterministic_cuda": False,
+        "encoder": {"hidden_dimensions": [512, 256, 64, 64]}, "decoder": {"hidden_dimensions": [512, 512]},
+        "optimizer": {"name": "adam", "learning_rate": 3e-5, "learning_rate_segmentation": 3e-4},
+        "loss": {"clashing_loss": {"full_clashing_loss": full_clash, "clashing_cutoff": 4, "min_clashing_cutoff_pairs": 4,
+                                   "max_clashing_cutoff_pairs": 10, "schedule": "constant", "beta": 0.1},
+                 "continuity_loss": {"schedule": "constant", "beta": 0.1},
+                 "KL_prior_latent": {"schedule": "linear"}, "KL_prior_segmentation_mean": {"schedule": "linear"},
+                 "KL_prior_segmentation_std": {"schedule": "linear"},
+                 "KL_prior_segmentation_proportions": {"schedule": "cyclical", "M": 5, "R": 0.5},
+                 "l2_pen": {"schedule": "constant", "beta": 1e-6}},
+        "resume_training": {"model": None, "segmentation": None},
+    }
+
+
+def reference(data, D, apix, batch, steps, segments, pdb, full_clash=True, epoch=150):
+    """Time the reference's training step on CPU, one thread; print and return one JSON row."""
+    import torch, yaml
+    torch.set_num_threads(1)
+    _stub_reference_imports()
+    here = Path(__file__).resolve().parent  # this file is itself named cryosphere.py: keep its folder off the path
+    sys.path[:] = [q for q in sys.path if Path(q or ".").resolve() != here]
+    import cryosphere
+    from cryosphere.model import utils as U, renderer
+    from cryosphere.model.loss import compute_loss
+    data, pdb = Path(data).resolve(), Path(pdb).resolve()
+    star = data / "particles.star"
+    work = Path(tempfile.mkdtemp(prefix="cryosphere_ref_"))
+    n_images = sum(1 for line in star.read_text().splitlines() if "@" in line)
+    (work / "images.yaml").write_text(yaml.safe_dump({"apix": apix, "Npix": D, "Npix_downsize": D, "sigma_gmm": 2}))
+    p = work / "parameters.yaml"
+    p.write_text(yaml.safe_dump(reference_parameters(work, star, pdb, n_images, batch, segments, full_clash=full_clash)))
+    cwd = os.getcwd(); os.chdir(work)
+    try:
+        (vae, translator, ctf, grid, gmm, opt, ds, n_epochs, bs, settings, device, sched, base, lp_mask, mask, amortized,
+         path_results, struct_params, segmenter) = U.parse_yaml(str(p), 0)
+    finally:
+        os.chdir(cwd)
+    items = [ds[i] for i in range(batch)]
+    idx = torch.tensor([it[0] for it in items]); images = torch.stack([it[1] for it in items])
+    poses = torch.stack([it[2] for it in items]); trans = torch.stack([it[3] for it in items])
+    N = base.coord.shape[0]
+    losses = []
+
+    def step():  # the body of cryosphere_train.start_training, without DDP (the reference's own calls, in its order)
+        track = {k: [] for k in ["correlation_loss", "kl_prior_latent", "kl_prior_segmentation_mean", "kl_prior_segmentation_std",
+                                 "kl_prior_segmentation_proportions", "l2_pen", "continuity_loss", "clashing_loss"]}
+        target = U.low_pass_images(translator.transform(images, trans[:, None, :]), lp_mask)
+        z, mu, std = vae.sample_latent(images.flatten(start_dim=-2))
+        seg = segmenter.sample_segments(images.shape[0])
+        quat, tr = vae.decode(z)
+        t_res = U.compute_translations_per_residue(tr, seg, N, batch, device)
+        X = U.deform_structure(gmm.mus, t_res, quat, seg, device)
+        pred = renderer.apply_ctf(renderer.project(renderer.rotate_structure(X, poses), gmm.sigmas, gmm.amplitudes, grid),
+                                  ctf, idx) / ds.f_std
+        loss = compute_loss(pred, target, None, mu, std, vae, segmenter, settings, track, structural_loss_parameters=struct_params,
+                            epoch=epoch, predicted_structures=X, device=device)
+        loss.backward(); opt.step(); opt.zero_grad()
+        losses.append(float(loss))
+
+    for _ in range(2): step()
+    t0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(steps): step()
+    cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+    row = {"tool": f"cryosphere {getattr(cryosphere, '__version__', '0.6.1')}", "D": D, "batch": batch, "segments": segments,
+           "residues": int(N), "full_clash": full_clash, "img_per_cpu_s": batch * steps / cpu, "img_per_wall_s": batch * steps / wall,
+           "peak_rss_MiB": _peak_rss_mib(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "loss_finite_steps": sum(map(lambda v: v == v, losses)), "steps_total": len(losses)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    r = sub.add_parser("reference", help="time the reference (run with its venv's python)")
+    r.add_argument("--data", required=True, help="folder with particles.star (+ .mrcs) from `cryonb dataset adk`")
+    r.add_argument("--D", type=int, required=True); r.add_argument("--apix", type=float, required=True)
+    r.add_argument("--pdb", required=True, help="base structure (1AKE)")
+    r.add_argument("--batch", type=int, default=32); r.add_argument("--steps", type=int, default=10)
+    r.add_argument("--segments", type=int, default=20); r.add_argument("--light-clash", action="store_true")
+    args = ap.parse_args()
+    if args.mode == "reference":
+        reference(args.data, args.D, args.apix, args.batch, args.steps, args.segments, args.pdb, not args.light_clash)
