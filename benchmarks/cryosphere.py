@@ -28,7 +28,7 @@ before importing it: `wandb` (never called with `wandb: False`) and `torchvision
 
 The reference's code is GPL-3.0: this file only calls it, it copies none of it.
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time, types
+import argparse, json, math, os, resource, subprocess, sys, tempfile, time, types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +142,100 @@ def reference(data, D, apix, batch, steps, segments, pdb, full_clash=True, epoch
     return row
 
 
+# ---------------------------------------------------------------- cryonb side (cryonb's interpreter)
+def _adk_data(root, D):
+    """100 AdK images (2 DIMS states × 50) at box D: 1.5 Å/px at D = 64, 1 Å/px at D = 128 (96 / 128 Å box)."""
+    from cryonb import datasets
+    apix = 1.5 if D == 64 else 1.0 if D == 128 else 96.0 / D
+    d = Path(root) / f"adk_D{D}"
+    if not (d / "particles.star").exists():
+        datasets.make_adk_dataset(d, states=2, images_per_state=50, D=D, apix=apix, snr=0.1, seed=0)
+    return d, apix
+
+
+def cryonb_speed(data, D, apix, batch, steps, segments, lie=False, pdb=None):
+    """Time cryonb's cryoSPHERE training step on one pre-loaded batch (see the module docstring): the model, loss
+    and optimizer of `cryonb.methods.cryosphere.train` with the reference example's settings, one
+    `training.Trainer` step (forward, loss, backward, NaN guard, grad norm, Adam) per call."""
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from cryonb import datasets, training
+    from cryonb.data import ParticleDataset
+    from cryonb.methods import cryosphere as sp
+    ds = ParticleDataset(Path(data) / "particles.star")
+    image = sp.parse_image({"apix": float(apix), "Npix": D, "Npix_downsize": D, "sigma_gmm": 2.0}, "benchmark")
+    base = sp.read_base_structure(pdb or datasets.adk_files()["closed"], image)
+    prm = sp.parse_parameters({"folder_path": "-", "base_structure_path": "-", "image_yaml": "-", "cs_star_file": {"file": "-"},
+                               "segmentation_config": {"part1": {"all_protein": True, "N_segm": segments}},
+                               "batch_size": batch, "num_workers": 0, "seed": 1, "N_epochs": 300,
+                               "rotation_blend": "lie" if lie else "sequential",
+                               "optimizer": {"name": "adam", "learning_rate": 3e-5, "learning_rate_segmentation": 3e-4}}, "benchmark")
+    model = sp.build_model(prm, image, base, len(ds), sp.estimate_f_std(ds))
+    n_batches = len(ds) // batch
+    cfg = training.TrainConfig(epochs=300, batch_size=batch, lr=3e-5, weight_decay=0.0, optimizer="adam", seed=1,
+                               log_every=10**9, out_dir=None, progress=False)
+    tr = training.Trainer(model, cfg, sp.CryoSphereLoss(prm, image, base, n_batches, "cpu"),
+                          param_groups=sp.param_groups(model, prm), device="cpu")
+    b = ds.get_batch(np.arange(batch))
+    loss_fn, opt, params = tr.step_fn, tr.optimizer, tr.params
+    losses = []
+    def step():  # Trainer._train_step's work (zero_grad, loss, backward, grad norm, Adam) without its NaN guard, so a
+        opt.zero_grad(set_to_none=True)  # non-finite gradient is counted (as on the reference side), not raised
+        loss, _ = loss_fn(model, b, 150 * n_batches)  # mid-run epoch, as the reference driver (β does not change the work)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, math.inf)
+        opt.step()
+        losses.append(float(loss.detach()))
+    for _ in range(2): step()
+    t0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(steps): step()
+    cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+    return {"tool": "cryonb", "D": D, "batch": batch, "segments": segments, "residues": int(base.n_res),
+            "rotation_blend": prm["rotation_blend"], "img_per_cpu_s": batch * steps / cpu, "img_per_wall_s": batch * steps / wall,
+            "peak_rss_MiB": _peak_rss_mib(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "loss_finite_steps": sum(v == v for v in losses), "steps_total": len(losses)}
+
+
+def speed(sizes, batch, steps, segments, reference_python=None, root=None, lie=False):
+    """cryonb and (with `reference_python`) the reference on the same files; prints JSON rows and a table."""
+    root = Path(root or tempfile.mkdtemp(prefix="cryosphere_speed_"))
+    rows = []
+    for D in sizes:
+        data, apix = _adk_data(root, D)
+        # each side in its own process, so peak RSS is per tool
+        cmd = [sys.executable, __file__, "cryonb", "--data", str(data), "--D", str(D), "--apix", str(apix), "--batch", str(batch),
+               "--steps", str(steps), "--segments", str(segments)] + (["--lie"] if lie else [])
+        mine = _run_json(cmd)
+        ref = None
+        if reference_python:
+            from cryonb import datasets
+            ref = _run_json([reference_python, __file__, "reference", "--data", str(data), "--D", str(D), "--apix", str(apix),
+                             "--pdb", str(datasets.adk_files()["closed"]), "--batch", str(batch), "--steps", str(steps),
+                             "--segments", str(segments)])
+        row = {"D": D, "cryonb": mine, "reference": ref,
+               "ratio_img_per_cpu_s": None if ref is None else mine["img_per_cpu_s"] / ref["img_per_cpu_s"]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| D | cryonb img/CPU-s | reference img/CPU-s | ratio | cryonb peak RSS | reference peak RSS | reference finite-loss steps |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m, f = r["cryonb"], r["reference"] or {}
+        print(f"| {r['D']} | {m['img_per_cpu_s']:.0f} | {f.get('img_per_cpu_s', float('nan')):.0f} | "
+              f"{(r['ratio_img_per_cpu_s'] or float('nan')):.2f}× | {m['peak_rss_MiB']:.0f} MiB | {f.get('peak_rss_MiB', float('nan')):.0f} MiB | "
+              f"{f.get('loss_finite_steps', '-')}/{f.get('steps_total', '-')} |")
+    return rows
+
+
+def _run_json(cmd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -151,6 +245,19 @@ if __name__ == "__main__":
     r.add_argument("--pdb", required=True, help="base structure (1AKE)")
     r.add_argument("--batch", type=int, default=32); r.add_argument("--steps", type=int, default=10)
     r.add_argument("--segments", type=int, default=20); r.add_argument("--light-clash", action="store_true")
+    c = sub.add_parser("cryonb", help="time cryonb on one size (what `speed` runs in a subprocess)")
+    c.add_argument("--data", required=True); c.add_argument("--D", type=int, required=True); c.add_argument("--apix", type=float, required=True)
+    c.add_argument("--batch", type=int, default=32); c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--segments", type=int, default=20); c.add_argument("--lie", action="store_true")
+    s = sub.add_parser("speed", help="both tools side by side")
+    s.add_argument("--sizes", type=int, nargs="+", default=[64, 128]); s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--steps", type=int, default=10); s.add_argument("--segments", type=int, default=20)
+    s.add_argument("--reference-python", default=None, help="python of a venv with cryosphere==0.6.1 (e.g. ../venvs/cryosphere/bin/python)")
+    s.add_argument("--data-root", default=None); s.add_argument("--lie", action="store_true", help="cryonb: Lie-algebra blend")
     args = ap.parse_args()
-    if args.mode == "reference":
+    if args.mode == "speed":
+        speed(args.sizes, args.batch, args.steps, args.segments, args.reference_python, args.data_root, args.lie)
+    elif args.mode == "cryonb":
+        print(json.dumps(cryonb_speed(args.data, args.D, args.apix, args.batch, args.steps, args.segments, args.lie)), flush=True)
+    elif args.mode == "reference":
         reference(args.data, args.D, args.apix, args.batch, args.steps, args.segments, args.pdb, not args.light_clash)
