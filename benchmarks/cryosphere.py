@@ -1,7 +1,7 @@
 """cryoSPHERE training-step throughput: cryonb next to the reference (cryosphere 0.6.1), same run.
 
-    python benchmarks/cryosphere.py speed [--sizes 64 128] [--batch 32] [--steps 10] [--segments 20]
-                                          [--reference-python ../venvs/cryosphere/bin/python]
+    python benchmarks/cryosphere.py speed [--sizes 64 128] [--batch 32] [--steps 10] [--segments 20] [--lie]
+                                          [--repeats 3] [--reference-python ../venvs/cryosphere/bin/python]
     <venv>/bin/python benchmarks/cryosphere.py reference --data DIR --D 64 [--batch 32] [--steps 10]
 
 `speed` (cryonb's interpreter): for each box size it simulates a small AdK closed→open set with
@@ -16,7 +16,7 @@ timed) → encoder → latent sample → segmentation sample → decoder → per
 pose rotation → Gaussian projection → CTF → correlation loss + KL terms + L2 + continuity + full clash
 loss → backward → Adam step. One thread (`torch.set_num_threads(1)`), CPU, 2 warm-up steps then
 `--steps` timed steps. Figures: images per CPU-second (`time.process_time`), images per wall-second,
-peak resident set (`ru_maxrss`, of the whole process, so it includes the interpreter and torch).
+peak resident set (VmHWM of the whole process, so it includes the interpreter, torch and the data).
 
 `reference` (the reference venv's interpreter; imports nothing from cryonb): builds the reference's
 objects through its own `cryosphere.model.utils.parse_yaml` from a parameters.yaml written with the
@@ -35,6 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _peak_rss_mib():
+    """Peak resident set of this process (VmHWM; `ru_maxrss` survives `execve`, so a child would report its parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"): return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -196,7 +202,7 @@ def cryonb_speed(data, D, apix, batch, steps, segments, lie=False, pdb=None):
             "loss_finite_steps": sum(v == v for v in losses), "steps_total": len(losses)}
 
 
-def speed(sizes, batch, steps, segments, reference_python=None, root=None, lie=False):
+def speed(sizes, batch, steps, segments, reference_python=None, root=None, lie=False, repeats=3):
     """cryonb and (with `reference_python`) the reference on the same files; prints JSON rows and a table."""
     root = Path(root or tempfile.mkdtemp(prefix="cryosphere_speed_"))
     rows = []
@@ -205,25 +211,35 @@ def speed(sizes, batch, steps, segments, reference_python=None, root=None, lie=F
         # each side in its own process, so peak RSS is per tool
         cmd = [sys.executable, __file__, "cryonb", "--data", str(data), "--D", str(D), "--apix", str(apix), "--batch", str(batch),
                "--steps", str(steps), "--segments", str(segments)] + (["--lie"] if lie else [])
-        mine = _run_json(cmd)
-        ref = None
-        if reference_python:
-            from cryonb import datasets
-            ref = _run_json([reference_python, __file__, "reference", "--data", str(data), "--D", str(D), "--apix", str(apix),
-                             "--pdb", str(datasets.adk_files()["closed"]), "--batch", str(batch), "--steps", str(steps),
-                             "--segments", str(segments)])
+        mines, refs = [], []
+        for _ in range(repeats):  # interleaved, median per side: the machine is shared
+            mines.append(_run_json(cmd))
+            if reference_python:
+                from cryonb import datasets
+                refs.append(_run_json([reference_python, __file__, "reference", "--data", str(data), "--D", str(D), "--apix", str(apix),
+                                       "--pdb", str(datasets.adk_files()["closed"]), "--batch", str(batch), "--steps", str(steps),
+                                       "--segments", str(segments)]))
+        mine = _median_row(mines)
+        ref = _median_row(refs) if refs else None
         row = {"D": D, "cryonb": mine, "reference": ref,
                "ratio_img_per_cpu_s": None if ref is None else mine["img_per_cpu_s"] / ref["img_per_cpu_s"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| D | cryonb img/CPU-s | reference img/CPU-s | ratio | cryonb peak RSS | reference peak RSS | reference finite-loss steps |")
+    print("\n| D | cryonb img/CPU-s | reference img/CPU-s | ratio | cryonb peak RSS | reference peak RSS | finite-loss steps cryonb / reference |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         m, f = r["cryonb"], r["reference"] or {}
         print(f"| {r['D']} | {m['img_per_cpu_s']:.0f} | {f.get('img_per_cpu_s', float('nan')):.0f} | "
               f"{(r['ratio_img_per_cpu_s'] or float('nan')):.2f}× | {m['peak_rss_MiB']:.0f} MiB | {f.get('peak_rss_MiB', float('nan')):.0f} MiB | "
-              f"{f.get('loss_finite_steps', '-')}/{f.get('steps_total', '-')} |")
+              f"{m['loss_finite_steps']}/{m['steps_total']} / {f.get('loss_finite_steps', '-')}/{f.get('steps_total', '-')} |")
     return rows
+
+
+def _median_row(rows):
+    """The row with the median img/CPU-s, with every repeat's figure in `img_per_cpu_s_all`."""
+    r = dict(sorted(rows, key=lambda r: r["img_per_cpu_s"])[len(rows) // 2])
+    r["img_per_cpu_s_all"] = [round(x["img_per_cpu_s"], 1) for x in rows]
+    return r
 
 
 def _run_json(cmd):
@@ -254,9 +270,10 @@ if __name__ == "__main__":
     s.add_argument("--steps", type=int, default=10); s.add_argument("--segments", type=int, default=20)
     s.add_argument("--reference-python", default=None, help="python of a venv with cryosphere==0.6.1 (e.g. ../venvs/cryosphere/bin/python)")
     s.add_argument("--data-root", default=None); s.add_argument("--lie", action="store_true", help="cryonb: Lie-algebra blend")
+    s.add_argument("--repeats", type=int, default=3, help="runs per side (interleaved); the median is reported")
     args = ap.parse_args()
     if args.mode == "speed":
-        speed(args.sizes, args.batch, args.steps, args.segments, args.reference_python, args.data_root, args.lie)
+        speed(args.sizes, args.batch, args.steps, args.segments, args.reference_python, args.data_root, args.lie, args.repeats)
     elif args.mode == "cryonb":
         print(json.dumps(cryonb_speed(args.data, args.D, args.apix, args.batch, args.steps, args.segments, args.lie)), flush=True)
     elif args.mode == "reference":
