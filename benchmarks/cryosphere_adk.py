@@ -104,13 +104,29 @@ def run_cryostar(ds, ref, out, steps, batch, lr=1e-4):
             "decode": lambda zi, m=model: decode_map(m, np.asarray(zi)[None], ds.D, ds.apix)[0]}
 
 
-def run_cryosphere(ds, ref, out, steps, batch, segments, star):
-    """cryonb's cryoSPHERE (`cryonb.methods.cryosphere`) with the reference's defaults except the step budget."""
+def run_cryosphere(ds, ref, out, steps, batch, segments, lr=1e-4, lr_seg=1e-3, blend="sequential", seed=0):
+    """cryonb's cryoSPHERE (`methods.cryosphere.train`): the reference's defaults (loss terms and β schedules, full
+    clash loss, zdim 8, encoder 512-256-64-64, decoder 512-512, τ 0.05) except the step budget, `N_segm`, the two
+    Adam rates (`lr`, `lr_seg`: the reference's 3e-5/3e-4 barely move in a short run) and a 4 Å low-pass
+    (`lp_bandwidth`, as `cryonb demo`). `N_epochs` = the budget in epochs, so the β schedules run their course."""
     from cryonb.methods import cryosphere as sp
-    return sp.benchmark_run(ds, ref, out / "cryosphere", steps=steps, batch_size=batch, n_segments=segments, device="cpu")
+    n_batches = len(ds) // batch
+    image = sp.parse_image({"apix": float(ds.apix), "Npix": ds.D, "Npix_downsize": ds.D, "sigma_gmm": 2.0}, "adk")
+    prm = sp.parse_parameters({"folder_path": "-", "base_structure_path": "-", "image_yaml": "-", "cs_star_file": {"file": "-"},
+                               "segmentation_config": {"part1": {"all_protein": True, "N_segm": segments}},
+                               "N_epochs": -(-steps // n_batches), "max_steps": steps, "batch_size": batch, "num_workers": 0,
+                               "seed": seed + 1, "lp_bandwidth": max(4.0, 2.5 * float(ds.apix)), "rotation_blend": blend,
+                               "optimizer": {"name": "adam", "learning_rate": lr, "learning_rate_segmentation": lr_seg}}, "adk")
+    t0 = time.time()
+    model = sp.train(prm, image, ds, ref, out / "cryosphere", "cpu", progress=False, resume=False)
+    wall = time.time() - t0
+    z = sp.encode(model, ds)
+    return {"model": model, "z": z, "coords": sp.decode_coords(model, z), "wall_s": wall,
+            "segments": model.deformer.segmenter.hard_labels(),
+            "decode": lambda zi, m=model: sp.decode_map(m, np.asarray(zi)[None], ds.D, ds.apix)[0]}
 
 
-def main(D, states, per_state, snr, steps, batch, segments, methods, out, seed=0):
+def main(D, states, per_state, snr, steps, batch, segments, methods, out, lr=1e-4, lr_seg=1e-3, blend="sequential", seed=0):
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from cryonb import datasets, structure
     from cryonb.data import ParticleDataset
@@ -121,7 +137,6 @@ def main(D, states, per_state, snr, steps, batch, segments, methods, out, seed=0
         datasets.make_adk_dataset(data, states=states, images_per_state=per_state, D=D, apix=apix, snr=snr, seed=seed)
     star = data / "particles.star"
     ds = ParticleDataset(star, labels=data / "labels.npy")
-    ds.D, ds.apix = D, apix
     ref = structure.from_pdb(datasets.adk_files()["closed"], model=0)
     gt_models = structure.from_pdb(data / "gt_models.pdb")
     lab = ds.labels.numpy()
@@ -133,12 +148,16 @@ def main(D, states, per_state, snr, steps, batch, segments, methods, out, seed=0
                             "auc_by_state": _render_auc(data, ref.coords[0].expand(gt_models.n_models, -1, -1), ref.amplitudes, ref.sigma, D, apix)}
     res["ceiling_rendered_gt"] = {"auc_by_state": _render_auc(data, gt_models.coords, ref.amplitudes, ref.sigma, D, apix)}
     for name in methods:
-        r = run_cryostar(ds, ref, out, steps, batch) if name == "cryostar" else run_cryosphere(ds, ref, out, steps, batch, segments, star)
+        r = run_cryostar(ds, ref, out, steps, batch) if name == "cryostar" else \
+            run_cryosphere(ds, ref, out, steps, batch, segments, lr, lr_seg, blend)
         rm = structure.kabsch_rmsd(r["coords"].double(), gt).numpy()
         row = {"train_wall_s": round(r["wall_s"], 1), "median_rmsd_A": float(np.median(rm)), "rmsd_by_state": _median_by_state(rm, lab),
                "auc_by_state": _auc_per_state(data, r["z"], r["decode"], name)}
         if "segments" in r:
-            row["segmentation"] = segmentation_overlap(r["segments"], ref.resids.numpy() if torch.is_tensor(ref.resids) else ref.resids)
+            rid = np.asarray(ref.resids, dtype=int)
+            row["segmentation"] = segmentation_overlap(r["segments"], rid)
+            # the reference's uniform initialisation (equal widths and proportions: nearest centre) as the baseline
+            row["segmentation_at_init"] = segmentation_overlap(np.arange(len(rid)) * segments // len(rid), rid)
         res[name] = row
         print(json.dumps({name: row}, indent=1), flush=True)
     summary = {k: {"median_rmsd_A": v.get("median_rmsd_A"), "mean_auc": float(np.mean(list(v["auc_by_state"].values()))),
@@ -157,6 +176,9 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=1500); ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--segments", type=int, default=4)
     ap.add_argument("--methods", nargs="+", default=["cryosphere", "cryostar"], choices=["cryosphere", "cryostar"])
+    ap.add_argument("--lr", type=float, default=1e-4, help="cryoSPHERE network rate (cryoSTAR keeps its 1e-4)")
+    ap.add_argument("--lr-seg", type=float, default=1e-3, help="cryoSPHERE segmentation rate")
+    ap.add_argument("--blend", default="sequential", choices=["sequential", "lie"])
     ap.add_argument("--out", default="cryosphere_adk")
     a = ap.parse_args()
-    main(a.D, a.states, a.per_state, a.snr, a.steps, a.batch, a.segments, a.methods, a.out)
+    main(a.D, a.states, a.per_state, a.snr, a.steps, a.batch, a.segments, a.methods, a.out, a.lr, a.lr_seg, a.blend)
