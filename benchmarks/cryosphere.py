@@ -180,8 +180,7 @@ def cryonb_speed(data, D, apix, batch, steps, segments, lie=False, pdb=None):
     n_batches = len(ds) // batch
     cfg = training.TrainConfig(epochs=300, batch_size=batch, lr=3e-5, weight_decay=0.0, optimizer="adam", seed=1,
                                log_every=10**9, out_dir=None, progress=False)
-    tr = training.Trainer(model, cfg, sp.CryoSphereLoss(prm, image, base, n_batches, "cpu"),
-                          param_groups=sp.param_groups(model, prm), device="cpu")
+    tr = sp.make_trainer(model, prm, image, base, n_batches, cfg, "cpu")  # the Trainer that `train` builds
     b = ds.get_batch(np.arange(batch))
     loss_fn, opt, params = tr.step_fn, tr.optimizer, tr.params
     losses = []
