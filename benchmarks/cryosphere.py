@@ -2,7 +2,8 @@
 
     python benchmarks/cryosphere.py speed [--sizes 64 128] [--batch 32] [--steps 10] [--segments 20] [--lie]
                                           [--repeats 3] [--reference-python ../venvs/cryosphere/bin/python]
-    <venv>/bin/python benchmarks/cryosphere.py reference --data DIR --D 64 [--batch 32] [--steps 10]
+    python benchmarks/cryosphere.py cryonb --data DIR --D 64 --apix 1.5 [--batch 32] [--steps 10] [--segments 20] [--lie]
+    <venv>/bin/python benchmarks/cryosphere.py reference --data DIR --D 64 --apix 1.5 --pdb 1AKE.pdb [--batch 32] [--steps 10]
 
 `speed` (cryonb's interpreter): for each box size it simulates a small AdK closed→open set with
 `cryonb.datasets.make_adk_dataset` (214 residues, 1AKE as the base structure; 100 images, enough for the
@@ -14,7 +15,10 @@ ratio cryonb / reference.
 What one "step" is, on both sides: a batch of `--batch` images (pre-loaded, so file reading is not
 timed) → encoder → latent sample → segmentation sample → decoder → per-residue rigid motion →
 pose rotation → Gaussian projection → CTF → correlation loss + KL terms + L2 + continuity + full clash
-loss → backward → Adam step. One thread (`torch.set_num_threads(1)`), CPU, 2 warm-up steps then
+loss → backward → Adam step (the reference also shifts and low-passes the target; cryonb shifts the prediction by a
+phase ramp and applies the L2 penalty as Adam weight decay). cryonb's side is `methods.cryosphere.make_trainer`'s
+step function and optimizer (`cryonb` mode) without the Trainer's NaN guard, so non-finite losses are counted on
+both sides instead of stopping one. One thread (`torch.set_num_threads(1)`), CPU, 2 warm-up steps then
 `--steps` timed steps. Figures: images per CPU-second (`time.process_time`), images per wall-second,
 peak resident set (VmHWM of the whole process, so it includes the interpreter, torch and the data).
 
