@@ -8,36 +8,36 @@ import copy, json, math, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
+import roma
 import torch
 from torch import nn
 from ..core import InputError, atomic_write, get_device, get_logger
 from .. import structure, distributed, restraints, projection, training
 from ..atomic_vae import AtomicVAE, Deformer, mlp, circular_mask, masked_correlation_loss, toy_cgmodel
+from ..atomic_vae import PerImageLatents, encode, decode_coords, decode_map, save_latents   # shared: re-exported here
 from ..fourier import fft2c, ifft2c, lowpass_mask
 
 # %% auto #0
 __all__ = ['PARAMETER_DEFAULTS', 'REQUIRED_KEYS', 'IMAGE_DEFAULTS', 'DEMO_METHODS', 'quat1v_to_rotvec', 'rotate_rodrigues',
            'SegmentPart', 'default_segment_values', 'segmentation_parts', 'gaussian_kl', 'Segmenter', 'segment_motion',
-           'SegmentDeformer', 'SphereEncoder', 'PerImageLatents', 'CryoSphereVAE', 'read_yaml', 'validate_parameters',
-           'validate_image', 'parse_parameters', 'parse_image', 'apix_down', 'Experiment', 'load_experiment',
-           'beta_schedule', 'read_base_structure', 'build_model', 'clash_full', 'CryoSphereLoss', 'param_groups',
-           'save_epoch_files', 'load_weights', 'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'encode',
-           'decode_coords', 'decode_map', 'analyze', 'segmentation_figures', 'segment_ranges', 'report',
-           'structure_to_volume', 'toy_experiment', 'load_dataset', 'run_experiment', 'load_trained']
+           'SegmentDeformer', 'SphereEncoder', 'CryoSphereVAE', 'read_yaml', 'validate_parameters', 'validate_image',
+           'parse_parameters', 'parse_image', 'apix_down', 'Experiment', 'load_experiment', 'beta_schedule',
+           'read_base_structure', 'build_model', 'CryoSphereLoss', 'param_groups', 'save_epoch_files', 'load_weights',
+           'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'analyze', 'segmentation_figures', 'segment_ranges',
+           'report', 'structure_to_volume', 'toy_experiment', 'load_dataset', 'run_experiment', 'load_trained']
 
 # %% ../../nbs/16_cryosphere.ipynb #31b6f55c
 def quat1v_to_rotvec(v: torch.Tensor) -> torch.Tensor:
-    """Rotation vectors `(…,3)` of the unnormalised quaternions `(1, v)` (wxyz; `v (…,3)`) as the reference computes
-    them (roma's `unitquat_to_rotvec` on a non-unit quaternion): `φ = v̂ · 2·atan|v| · √(1+|v|²)`, `φ → 2v` as
-    `|v| → 0`. (The exact angle of `(1, v)` is `2·atan|v|`; we keep the reference's map for faithfulness.)"""
-    n2 = (v * v).sum(-1, keepdim=True)
-    n = (n2 + 1e-30).sqrt()
-    f = torch.where(n > 1e-6, 2 * torch.atan(n) * torch.sqrt(1 + n2) / n, 2 + 0 * n)
-    return v * f
+    """Rotation vectors `(…,3)` (radians) of the unnormalised quaternions `(1, v)` (`v (…,3)`, the vector part) as
+    the reference computes them: `roma.unitquat_to_rotvec` of the xyzw quaternion `(v, 1)`, without normalising.
+    That maps `v` to `φ = v̂ · 2·atan|v| · √(1+|v|²)` (`φ → 2v` as `|v| → 0`; the exact angle of `(1, v)` would be
+    `2·atan|v|`); we keep the reference's map for faithfulness. Differentiable at `v = 0` (gradient 2)."""
+    return roma.unitquat_to_rotvec(torch.cat([v, torch.ones_like(v[..., :1])], -1))
 
 def rotate_rodrigues(rotvec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """`exp([θ]ₓ) x` for rotation vectors `rotvec (…,3)` (radians) acting on points `x (…,3)` (broadcast), by Rodrigues'
-    formula `x cos θ + (sin θ/θ) θ×x + ((1−cos θ)/θ²) θ(θ·x)`, stable and differentiable at θ = 0."""
+    formula `x cos θ + (sin θ/θ) θ×x + ((1−cos θ)/θ²) θ(θ·x)`, stable and differentiable at θ = 0. Equal to
+    `roma.rotvec_to_rotmat(rotvec) @ x` but without the matrices (faster in a training step; see above)."""
     t2 = (rotvec * rotvec).sum(-1, keepdim=True)
     t = (t2 + 1e-20).sqrt()
     a = torch.sin(t) / t
@@ -248,38 +248,25 @@ class SphereEncoder(nn.Module):
         mu, s = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
         return mu, 2 * torch.log(nn.functional.elu(s) + 1 + 1e-12)
 
-class PerImageLatents(nn.Module):
-    "`amortized: False`: a learnable mean `(n_images, zdim)` per image (init 0), std fixed at 1. `forward(images, index)`."
-    def __init__(self, n_images: int, zdim: int = 8):
-        super().__init__()
-        self.zdim = int(zdim)
-        self.means = nn.Parameter(torch.zeros(int(n_images), self.zdim))
-    def forward(self, images, index=None):
-        if index is None: raise InputError("per-image latents (amortized: False) need the batch's dataset indices")
-        mu = self.means[index.to(self.means.device)]
-        return mu, torch.zeros_like(mu)
-
 class CryoSphereVAE(AtomicVAE):
-    """cryoSPHERE's model: encoder (`SphereEncoder` or `PerImageLatents`) + `SegmentDeformer` + the shared
-    `projection.ImageFormation`. `f_std` (buffer) divides the images the encoder sees and the predictions.
+    """cryoSPHERE's model: encoder (`SphereEncoder` or `atomic_vae.PerImageLatents`) + `SegmentDeformer` + the shared
+    `projection.ImageFormation`, on `atomic_vae.AtomicVAE` (same sampling of `z`, `noise`, autocast rules). `f_std`
+    (buffer) divides the images the encoder sees (`encode_batch`) and the predictions.
     `forward(batch, sample=True)` → `mu, logvar, z, coords (B,N,3) Å, pred (B,D,D)` (÷ f_std), `weights (B,N,K)`."""
     def __init__(self, encoder, deformer: SegmentDeformer, imaging, f_std: float = 1.0):
         super().__init__(encoder, deformer, imaging)
         self.register_buffer("f_std", torch.tensor(float(f_std)))
 
     def encode_batch(self, batch):
-        if isinstance(self.encoder, PerImageLatents): return self.encoder(None, batch["index"])
+        "`AtomicVAE.encode_batch` on the images divided by `f_std` (per-image latents: the batch's `index`)."
+        if isinstance(self.encoder, PerImageLatents): return super().encode_batch(batch)
         return self.encoder(batch["images"] / self.f_std)
 
-    def forward(self, batch: dict, sample: bool = True, generator=None) -> dict:
-        mu, logvar = self.encode_batch(batch)
-        z = mu
-        if sample and self.training:
-            eps = torch.randn(mu.shape, generator=generator, device="cpu" if generator is not None else mu.device)
-            z = mu + eps.to(mu.device, mu.dtype) * torch.exp(0.5 * logvar)
-        coords = self.deformer(z)
-        pred = self.imaging(batch["rotations"], batch.get("shifts"), batch.get("ctf"), coords=coords) / self.f_std
-        return {"mu": mu, "logvar": logvar, "z": z, "coords": coords, "pred": pred, "weights": self.deformer.last_weights}
+    def forward(self, batch: dict, sample: bool = True, generator=None, noise=None) -> dict:
+        out = super().forward(batch, sample, generator, noise)
+        out["pred"] = out["pred"] / self.f_std
+        out["weights"] = self.deformer.last_weights
+        return out
 
     def segmentation_parameters(self): return list(self.deformer.segmenter.parameters())
     def network_parameters(self):
@@ -564,27 +551,6 @@ def build_model(params: dict, image: dict, base: structure.CGModel, n_images: in
     imf = projection.ImageFormation(D, apix, pot, lowpass_A=params["lp_bandwidth"])
     return CryoSphereVAE(enc, dfm, imf, f_std)
 
-# %% ../../nbs/16_cryosphere.ipynb #f9ec0278
-def clash_full(coords: torch.Tensor, cutoff: float = 4.0, min_sep: int = 2) -> torch.Tensor:
-    """cryoSPHERE's full clash loss, as `restraints.clash_all_pairs` (per sample `Σ (cutoff − d)²` over the pairs
-    `j ≥ i + min_sep` closer than `cutoff` Å, divided by their number; 0, never NaN, without clashes; mean over the
-    batch) but fast: squared distances of all pairs by one batched matrix product, then exact distances only for the
-    few pairs below the cutoff. `coords (B,N,3)` Å."""
-    B, N, _ = coords.shape
-    with torch.no_grad():
-        x = coords.detach().float()
-        sq = (x * x).sum(-1)
-        d2 = sq[:, :, None] + sq[:, None, :] - 2 * torch.bmm(x, x.transpose(1, 2))
-        tri = torch.ones(N, N, dtype=torch.bool, device=coords.device).triu(min_sep)
-        b, i, j = torch.nonzero((d2 < (cutoff + 1e-3) ** 2) & tri, as_tuple=True)
-    if len(b) == 0: return coords.new_zeros(())
-    diff = coords[b, i] - coords[b, j]
-    d = (diff * diff).sum(-1).clamp_min(1e-12).sqrt()
-    v = (cutoff - d).clamp_min(0) ** 2
-    tot = coords.new_zeros(B).index_add(0, b, v)
-    cnt = coords.new_zeros(B).index_add(0, b, (d < cutoff).to(coords.dtype))
-    return (tot / cnt.clamp_min(1)).mean()
-
 # %% ../../nbs/16_cryosphere.ipynb #5a514127
 class CryoSphereLoss:
     """The reference's objective as a `training.Trainer` step function `(model, batch, step) -> (loss, logs)`:
@@ -627,7 +593,7 @@ class CryoSphereLoss:
             with torch.no_grad(): l2 = model.l2_weights()
         else: l2 = model.l2_weights()
         cont = restraints.continuity_loss(c, self.r.continuity, self.r.continuity_d0)
-        clash = clash_full(c, self.cutoff) if self.full_clash else restraints.clash_loss(c, self.r.clash, self.cutoff)
+        clash = restraints.clash_all_pairs(c, self.cutoff) if self.full_clash else restraints.clash_loss(c, self.r.clash, self.cutoff)
         b = {k: s(epoch) for k, s in self.betas.items()}
         total = (C + b["KL_prior_latent"] * klz / P + b["KL_prior_segmentation_mean"] * kls["mean"] / P
                  + b["KL_prior_segmentation_std"] * kls["std"] / P + b["KL_prior_segmentation_proportions"] * kls["proportions"] / P
@@ -776,41 +742,6 @@ def train(params: dict, image: dict, dataset, base: structure.CGModel, out_dir, 
     return tr.model.eval()
 
 # %% ../../nbs/16_cryosphere.ipynb #163ee62d
-@torch.no_grad()
-def encode(model: CryoSphereVAE, dataset, batch_size: int = 256, device=None, path=None) -> np.ndarray:
-    "Latent means `(N, zdim)` of every particle (eval mode; per-image means when not amortized); `.npy` at `path` if given."
-    from cryonb.atomic_vae import save_latents
-    dev = next(model.parameters()).device if device is None else get_device(device)
-    model.to(dev)
-    if isinstance(model.encoder, PerImageLatents):
-        z = model.encoder.means.detach().float().cpu().numpy()
-        if len(z) != len(dataset): raise InputError(f"the model has per-image latents of {len(z)} particles; the dataset has {len(dataset)}")
-    else:
-        was = model.training; model.eval()
-        try:
-            z = np.concatenate([model.encoder(dataset.images(np.arange(s, min(s + batch_size, len(dataset)))).to(dev) / model.f_std)[0].float().cpu().numpy()
-                                for s in range(0, len(dataset), batch_size)])
-        finally: model.train(was)
-    if path is not None: save_latents(path, z)
-    return z
-
-@torch.no_grad()
-def decode_coords(model: CryoSphereVAE, z, batch_size: int = 256) -> torch.Tensor:
-    "Structures `(K,N,3)` Å (CPU) at latents `z (K, zdim)` with the posterior-mean segmentation (deterministic)."
-    dev = next(model.parameters()).device
-    was = model.training; model.eval()
-    try:
-        z = torch.as_tensor(np.asarray(z), dtype=torch.float32).reshape(-1, model.deformer.zdim)
-        return torch.cat([model.deformer(z[s:s + batch_size].to(dev)).float().cpu() for s in range(0, len(z), batch_size)])
-    finally: model.train(was)
-
-@torch.no_grad()
-def decode_map(model: CryoSphereVAE, z, D: int, apix: float) -> torch.Tensor:
-    "Maps `(K,D,D,D)` `[z,y,x]` (voxel `D//2` = 0 Å) of the decoded Gaussian models at `z (K,zdim)` (`projection.render_gmm_3d`), for CryoBench."
-    c = decode_coords(model, z)
-    d = model.deformer
-    return torch.stack([projection.render_gmm_3d(ci, d.amplitudes.cpu(), d.sigma, D, apix) for ci in c])
-
 def _write_structure(path, coords, cg):
     structure.write_pdb(path, torch.as_tensor(coords)[None], cg)
 
@@ -889,19 +820,12 @@ def report(model: CryoSphereVAE, z, outdir, log=None, labels=None, traversals=No
     """`report.html` in `outdir`: parameters, training losses (`log`: dicts with `step`), latent PCA (coloured by
     `labels` when known), the segmentation on the sequence and the structure, and the motion along each traversal
     (max Cα RMSD of its structures to the first)."""
-    from cryonb.report import Report, latent_scatter, line_figure
-    from cryonb import analysis
+    from cryonb.report import Report
+    from cryonb.atomic_vae import add_training_and_latents
     import pandas as pd
     rep = Report(title, "segment-wise rigid-body heterogeneity (Ducrocq et al., ICLR 2025)")
     if params: rep.add_params({k: v for k, v in params.items() if k not in ("segmentation_config",)})
-    if log:
-        keys = [k for k in log[0] if k not in ("step", "time", "epoch", "lr", "grad_norm")]
-        rep.add_figure(line_figure([r["step"] for r in log], {k: [r.get(k, np.nan) for r in log] for k in keys}, "step", "loss",
-                                   "Training losses", log_y=False))
-    Z = analysis.as_latents(z)
-    pc = analysis.pca(Z).coords
-    c2 = pc[:, :2] if pc.shape[1] >= 2 else np.c_[pc[:, :1], np.zeros(len(Z))]
-    rep.add_figure(latent_scatter(c2, color=labels, color_name="ground truth" if labels is not None else "", labels=("PC1", "PC2"), title="Latent PCA"))
+    add_training_and_latents(rep, z, log, labels)      # losses and latent PCA, as every atomic method's report
     for f in segmentation_figures(model): rep.add_figure(f)
     rep.add_table(segment_ranges(model), "Segments (posterior mean): contiguous residue ranges")
     rows = []
