@@ -16,14 +16,18 @@ class Lin(av.Deformer):
     def forward(self, z): return self.reference + self.w(z).reshape(z.shape[0], -1, 3)
 
 
-def test_render_batch_matches_projection_per_image():
+def test_image_formation_is_the_projection_layers_per_image():
+    "One forward model: per-image coords (B,N,3) through `ImageFormation(GaussianPotential)` = image-by-image rendering."
     cg = av.toy_cgmodel(20)
     g = torch.Generator().manual_seed(1)
     X = cg.coords[0] + torch.randn(3, 20, 3, generator=g)                 # one model per image
     R = torch.linalg.qr(torch.randn(3, 3, 3, generator=g))[0]; R = R * torch.linalg.det(R)[:, None, None]
-    got = av.render_batch(X, cg.amplitudes, 2.0, R, 24, 1.5)
+    imf = av.image_formation(24, 1.5, cg, method="real")
+    assert type(imf) is projection.ImageFormation and type(imf.potential) is projection.GaussianPotential
+    got = imf(R, coords=X)
     want = torch.stack([projection.render_gmm_2d(X[i], cg.amplitudes, 2.0, R[i:i + 1], 24, 1.5)[0] for i in range(3)])
-    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not hasattr(av, "render_batch") and not hasattr(av, "LocalImageFormation")
 
 
 def test_pearson_against_numpy():
