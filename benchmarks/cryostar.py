@@ -69,26 +69,30 @@ def ensure_adk(data, D):
 
 
 def step_cryonb(star, batch, steps, device="cpu", amp=False, warmup=2):
-    "cryonb's side: `AtomTrainer.losses` (image loss on the low-passed target, restraints, KL) + backward + AdamW."
-    import tempfile
+    """cryonb's side: the training step of `cryonb cryostar train-atom` (`atom_step_fn`: image loss on the
+    low-passed target, restraints, KL) + backward + the method's AdamW, on batches of `ParticleDataset.get_batch`."""
     from cryonb import datasets, structure
     from cryonb.data import ParticleDataset
     from cryonb.methods import cryostar as cs
     dev = torch.device(device)
     ref = structure.from_pdb(datasets.adk_files()["closed"], model=0)
     ds = ParticleDataset(star)
+    D, apix = ds.D, float(ds.apix)
     cfg = cs.load_config(None, [f"data_loader.train_batch_per_gpu={batch}", "do_ref_init=False"])
-    tr = cs.AtomTrainer(cfg, ds, ref, tempfile.mkdtemp(prefix="cryostar_speed_"), dev)
-    tr.model.train()
-    batches = [tr._batch(s) for s in range(warmup + steps)]        # (batch dict, generator)
+    torch.manual_seed(int(cfg["seed"]))
+    model = cs.build_atom_model(cfg, ref, D, apix).to(dev).train()
+    step_fn = cs.atom_step_fn(cfg, cs.make_restraints(cfg, ref, dev), D, apix, dev)
+    opt = cs.make_optimizer(model.parameters(), cfg["optimizer"]["lr"])
+    g = np.random.default_rng(0)
+    batches = [{k: (v.to(dev) if hasattr(v, "to") else v) for k, v in ds.get_batch(np.sort(g.choice(len(ds), batch, replace=False))).items()}
+               for _ in range(warmup + steps)]
 
-    def step(bg):
-        b, g = bg
+    def step(b):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            L = tr.losses(b, 100, g)
-        tr.opt.zero_grad(); L["total"].backward(); tr.opt.step()
+            loss, _ = step_fn(model, b, 100)
+        opt.zero_grad(); loss.backward(); opt.step()
     cpu, wall, rss0 = _time_steps(step, batches, warmup, dev)
-    return {"side": "cryonb", "D": ds.D, "apix": float(ds.apix), "batch": batch, "steps": steps, "device": str(dev),
+    return {"side": "cryonb", "D": D, "apix": apix, "batch": batch, "steps": steps, "device": str(dev),
             "amp_bf16": amp, "img_per_cpu_s": batch * steps / cpu, "img_per_wall_s": batch * steps / wall,
             "rss_before_steps_MiB": rss0, "peak_rss_MiB": _peak_mib(),
             "cuda_peak_MiB": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None}

@@ -1,8 +1,8 @@
 """cryoSTAR on the AdK closed→open benchmark: structures against the ground truth, maps against RECOVAR and the bounds.
 
     python benchmarks/cryostar_adk.py [--D 64] [--apix 1.5] [--states 10] [--per-state 100] [--snr 0.1]
-        [--steps 2000] [--batch 64] [--lr 1e-4] [--density-steps 300] [--density-hidden 256]
-        [--recovar-zdims 2 4] [--skip recovar bounds density] [--out DIR]
+        [--steps 2000] [--batch 64] [--lr 1e-4] [--density-steps 600] [--density-hidden 128] [--density-blocks 2]
+        [--density-batch 8] [--density-lr 1e-3] [--recovar-zdims 2] [--skip recovar bounds density] [--out DIR]
 
 1. The dataset: `cryonb dataset adk` (DIMS closed→open path, `--states` frames × `--per-state` images, ground-truth
    frames in `gt_models.pdb`, state of every image in `labels.npy`) in `OUT/dataset`.
@@ -212,10 +212,10 @@ def main():
     ap.add_argument("--snr", type=float, default=0.1); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2000); ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--density-steps", type=int, default=300); ap.add_argument("--density-hidden", type=int, default=256)
-    ap.add_argument("--density-blocks", type=int, default=2); ap.add_argument("--density-batch", type=int, default=16)
-    ap.add_argument("--density-lr", type=float, default=1e-4)
-    ap.add_argument("--recovar-zdims", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--density-steps", type=int, default=600); ap.add_argument("--density-hidden", type=int, default=128)
+    ap.add_argument("--density-blocks", type=int, default=2); ap.add_argument("--density-batch", type=int, default=8)
+    ap.add_argument("--density-lr", type=float, default=1e-3)
+    ap.add_argument("--recovar-zdims", type=int, nargs="+", default=[2])
     ap.add_argument("--skip", nargs="*", default=[], choices=["density", "recovar", "bounds"])
     ap.add_argument("--out", default="cryostar_adk")
     a = ap.parse_args()
