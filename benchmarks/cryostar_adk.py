@@ -236,12 +236,12 @@ def main():
           f"× batch {A['batch']} (lr {A['lr']}), {A['train_s']:.0f} s training")
     print("\n| state | " + " | ".join(str(s) for s in A["per_state"]) + " | all (median) |")
     print("|---" * (len(A["per_state"]) + 2) + "|")
-    for key, label, tot in (("decoded", "decoded vs that image's frame (Å)", "median_rmsd_decoded_A"),
-                            ("baseline_1ake", "unmoved 1AKE, baseline (Å)", "median_rmsd_1ake_baseline_A"),
-                            ("ceiling_identification", "best-fitting GT frame, ceiling (Å)", "median_rmsd_identification_ceiling_A"),
-                            ("corr_decoded", "image corr., decoded", "median_corr_decoded"),
-                            ("corr_gt", "image corr., own GT frame (ceiling)", "median_corr_gt_frame_ceiling")):
-        print(f"| {label} | " + " | ".join(f"{v[key]:.3g}" for v in A["per_state"].values()) + f" | {A[tot]:.3g} |")
+    for key, label, tot, fmt in (("decoded", "decoded vs that image's frame (Å)", "median_rmsd_decoded_A", ".2f"),
+                                 ("baseline_1ake", "unmoved 1AKE, baseline (Å)", "median_rmsd_1ake_baseline_A", ".2f"),
+                                 ("ceiling_identification", "best-fitting GT frame, ceiling (Å)", "median_rmsd_identification_ceiling_A", ".2f"),
+                                 ("corr_decoded", "image corr., decoded", "median_corr_decoded", ".3f"),
+                                 ("corr_gt", "image corr., own GT frame (ceiling)", "median_corr_gt_frame_ceiling", ".3f")):
+        print(f"| {label} | " + " | ".join(format(v[key], fmt) for v in A["per_state"].values()) + f" | {format(A[tot], fmt)} |")
     print(f"\nidentification ceiling picks the true frame for {100 * A['identification_ceiling_frame_accuracy']:.1f} % of images; "
           f"median image corr. of 1AKE {A['median_corr_1ake']:.3f}")
     print(f"mean |Cα–Cα bond − 1AKE's|: decoded {A['mean_bond_dev_decoded_A']:.4f} Å "
