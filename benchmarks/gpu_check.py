@@ -144,6 +144,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (for a CPU dry run)")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these checks (projection, reconstruction, "
+                    "cryosieve, recovar, training, restraints)")
     a = ap.parse_args()
     dev = torch.device(a.device)
     if dev.type == "cuda":
@@ -152,6 +154,7 @@ if __name__ == "__main__":
     for fn, kw in ((check_projection, dict(D=32 if q else 128, B=64 if q else 512)), (check_reconstruction, {}),
                    (check_cryosieve, dict(n=100 if q else 1000, D=32 if q else 128)),
                    (check_recovar, dict(D=16 if q else 32, n=300 if q else 2000)), (check_training, {}), (check_restraints, {})):
+        if a.only and fn.__name__.removeprefix("check_") not in a.only: continue
         try:
             fn(dev, **kw)
         except Exception as e:

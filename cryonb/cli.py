@@ -30,6 +30,7 @@ COMMANDS = {
     "sieve": ("cryonb.commands.cryosieve", "sieve", "CryoSieve: iterative reconstruct -> sieve driver"),
     "recovar": ("cryonb.commands.recovar", "recovar", "RECOVAR: `recovar pipeline|analyze|compute-state|compute-trajectory`"),
     "cryostar": ("cryonb.commands.cryostar", "cryostar", "cryoSTAR: `cryostar train-atom|train-density|analyze`"),
+    "cryosphere": ("cryonb.commands.cryosphere", "cryosphere", "cryoSPHERE: `cryosphere train|analyze|structure-to-volume|center-origin`"),
     "demo": ("cryonb.commands.demo", "demo", "the main job: AdK benchmark, every method, CryoBench scores, report.html"),
 }
 
