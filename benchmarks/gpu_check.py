@@ -132,7 +132,7 @@ def check_restraints(dev):
     from cryonb.structure import from_pdb
     from cryonb.restraints import Restraints
     cg = from_pdb(test_data_path("adk_closed_1ake.pdb"))
-    r = Restraints.from_model(cg, keep_ratio=0.8)
+    r = Restraints.from_model(cg, keep_ratio=0.8, device="cpu")
     x = cg.coords.repeat(8, 1, 1) + 0.3 * torch.randn(8, cg.n_res, 3, generator=torch.Generator().manual_seed(0))
     lc = r.losses(x)
     lg = r.to(dev).losses(x.to(dev))

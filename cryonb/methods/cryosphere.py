@@ -882,7 +882,7 @@ def toy_experiment(folder, n: int = 40, D: int = 32, apix: float = 2.0, snr: flo
     piv = x[15]
     gt = x.expand(n, -1, -1).clone()
     gt[:, 15:] = torch.einsum("bij,nj->bni", Rh, x[15:] - piv) + piv
-    R = random_rotations(n, seed=seed)
+    R = random_rotations(n, seed=seed, device="cpu")   # files are written from the CPU, whatever the default device
     eul = matrix_to_euler(R)
     sh = torch.as_tensor(rng.uniform(-2, 2, (n, 2)), dtype=torch.float32)
     dfu = rng.uniform(10000, 20000, n); dfv = dfu - rng.uniform(0, 500, n); ast_ = rng.uniform(0, 180, n)

@@ -346,7 +346,7 @@ def toy_dataset(folder, n: int = 64, D: int = 32, apix: float = 2.0, snr: float 
     gt = x.expand(n, -1, -1).clone()
     gt[:, 15:] = torch.einsum("bij,nj->bni", Rh, x[15:] - piv) + piv
     torch.manual_seed(seed)
-    R = random_rotations(n, seed=seed)
+    R = random_rotations(n, seed=seed, device="cpu")   # files are written from the CPU, whatever the default device
     eul = matrix_to_euler(R)
     sh = torch.as_tensor(rng.uniform(-2, 2, (n, 2)), dtype=torch.float32)
     dfu = rng.uniform(10000, 20000, n); dfv = dfu - rng.uniform(0, 500, n); ast_ = rng.uniform(0, 180, n)
