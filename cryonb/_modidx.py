@@ -246,6 +246,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cryonb.core.batches': ('core.html#batches', 'cryonb/core.py'),
                              'cryonb.core.get_device': ('core.html#get_device', 'cryonb/core.py'),
                              'cryonb.core.get_logger': ('core.html#get_logger', 'cryonb/core.py'),
+                             'cryonb.core.remove_temporaries': ('core.html#remove_temporaries', 'cryonb/core.py'),
                              'cryonb.core.timed': ('core.html#timed', 'cryonb/core.py')},
             'cryonb.cryobench': { 'cryonb.cryobench.Benchmark': ('cryobench.html#benchmark', 'cryonb/cryobench.py'),
                                   'cryonb.cryobench.FSCResults': ('cryobench.html#fscresults', 'cryonb/cryobench.py'),

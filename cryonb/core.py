@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'InputError', 'as_tensor', 'batches', 'as_numpy', 'atomic_write', 'get_logger', 'timed']
+__all__ = ['get_device', 'InputError', 'as_tensor', 'batches', 'as_numpy', 'atomic_write', 'get_logger', 'timed',
+           'remove_temporaries']
 
 # %% ../nbs/00_core.ipynb #16522c38
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -51,7 +52,7 @@ def as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 # %% ../nbs/00_core.ipynb #2674c27b
-import contextlib, logging, tempfile, time
+import contextlib, fnmatch, logging, re, tempfile, time
 from pathlib import Path
 
 @contextlib.contextmanager
@@ -114,3 +115,19 @@ def timed(label: str, logger: logging.Logger | None = None, level: int = logging
     finally:
         t.seconds = time.perf_counter() - t0
         (logger or get_logger()).log(level, f"{label}: {t.seconds:.2f} s")
+
+# %% ../nbs/00_core.ipynb #e0c4621c
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp[^/]*$")
+
+def remove_temporaries(folder, pattern: str = "*", recursive: bool = False) -> list[Path]:
+    """Delete the temporary files `atomic_write` names `.<name>.<random>.tmp<suffix>` in `folder` (and its
+    sub-folders with `recursive`) whose `<name>` matches the glob `pattern`. A SIGKILL during a write leaves one
+    behind (a kill cannot clean up after itself); a resumable job calls this when it starts. Returns the files
+    removed (a missing folder: none)."""
+    folder = Path(folder)
+    if not folder.is_dir(): return []
+    files = folder.rglob(".*") if recursive else folder.glob(".*")
+    stale = [f for f in files if f.is_file() and (m := _TMP_NAME.match(f.name)) and fnmatch.fnmatchcase(m["name"], pattern)]
+    for f in stale: f.unlink(missing_ok=True)
+    if stale: get_logger(__name__).info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
+    return stale

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
-from .core import InputError, get_device, atomic_write
+from .core import InputError, get_device, atomic_write, remove_temporaries
 from . import fourier as F
 from .ctf import CTFParams, ctf_2d
 from .projection import grid_to_volume
@@ -781,8 +781,7 @@ def reconstruct_dataset(
             device=dev.type,
             rotations_sum=float(ds.rotations.double().sum()),
         )
-        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp*"):  # a kill during a checkpoint write
-            stale.unlink(missing_ok=True)
+        remove_temporaries(checkpoint.parent, checkpoint.name)  # a kill during a checkpoint write
         if checkpoint.exists():
             done = _load_checkpoint(checkpoint, rec, key)
     every = max(1, -(-int(checkpoint_every) // batch_size)) * batch_size

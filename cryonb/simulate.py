@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import mrcfile, starfile
 
-from .core import get_device, InputError, atomic_write
+from .core import get_device, InputError, atomic_write, remove_temporaries
 from .fourier import fft2c, ifft2c, ifftnc, fftnc, fourier_crop, phase_shift, downsample
 from .geometry import random_rotations, matrix_to_euler
 from .ctf import CTFParams, ctf_2d
@@ -414,8 +414,7 @@ def simulate_dataset(maps_or_models, out_dir, n_per_state=1000, D: int | None = 
     # ---- stream (resumable: a checkpoint at every completed stack file) ----
     ckpt = out / "simulate.ckpt.pt"
     key = json.dumps({k: v for k, v in params.items() if k != "progress"}, sort_keys=True, default=str)
-    for stale in [*out.glob(".particles*.tmp.mrcs"), *out.glob(f".{ckpt.name}.*.tmp*")]:
-        stale.unlink(missing_ok=True)                               # partial files of a killed run
+    remove_temporaries(out)                                         # partial files of a killed run
     writer = _StackStream(out, "particles", N, D, apix_o, images_per_file)
     noise_std, gt_paths, decoy_vf = [], [], None
     resume = _load_sim_checkpoint(ckpt, key) if ckpt.exists() else None

@@ -116,3 +116,15 @@ def test_dataset_resumes_after_sigkill(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
     _killed_three_times(args + [str(ref)], args + [str(out)], out / "simulate.ckpt.pt", 12, seed=11)
     _same_tree(ref, out)
+
+
+def test_rerun_removes_a_killed_writes_temporary(tmp_path):
+    "A SIGKILL inside `atomic_write` leaves `.<name>.<random>.tmp<ext>` behind; the next run of the job removes it."
+    out = tmp_path / "ds"
+    out.mkdir()
+    planted = out / ".particles.txt.a4zfye8a.tmp.txt"                 # the leftover seen on CI
+    planted.write_text("partial")
+    _run(["dataset", "adk", "--two-state", "--images-per-state", "4", "-D", "16", "--apix", "6.0", "--seed", "1", "--images-per-file", "4",
+          "--device", "cpu", "-o", str(out)])
+    assert not planted.exists() and (out / "particles.txt").is_file()
+    assert not [p.name for p in out.rglob(".*.tmp*")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, logging, shutil
 from pathlib import Path
 import numpy as np
-from ..core import InputError, get_device, get_logger
+from ..core import InputError, get_device, get_logger, remove_temporaries
 from ..methods.recovar import (recovar_pipeline, save_result, source_from_args, reconstruct_at, analyze as _analyze,
                                     pipeline_fingerprint,
                                     load_result, load_latents, _read_points, _write_volumes, _trajectory)
@@ -143,8 +143,7 @@ def _pipeline_main(a) -> int:
             log(f"{out}: already complete with these parameters and data; nothing to do")
             return 0
         ckpt = out / "model" / "checkpoints"
-        for f in out.rglob(".*.tmp*"):                      # temporary files of a killed run (atomic_write's names)
-            if f.is_file(): f.unlink()
+        remove_temporaries(out, recursive=True)              # temporary files of a killed run
         res = recovar_pipeline(src, zdims=a.zdim, mask_option=opt, input_mask=input_mask, mask_dilate_iter=a.mask_dilate_iter,
                                correct_contrast=a.correct_contrast, n_columns=a.n_columns, column_radius=a.column_radius,
                                n_pcs=a.n_pcs, block_size=a.block_size, batch_size=a.batch_size, seed=a.seed, log=log,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from ..core import get_device, InputError, atomic_write, get_logger, as_numpy, batches
+from ..core import get_device, InputError, atomic_write, get_logger, as_numpy, batches, remove_temporaries
 from ..fourier import fft2c, highpass_mask, phase_shift
 from .. import distributed
 from ..io import read_map, write_map, read_star_blocks
@@ -490,17 +490,13 @@ def _write_json(path, obj) -> Path:
 
 # %% ../../nbs/10_cryosieve.ipynb #2e118013
 def _remove_stale_temporaries(prefix: str) -> list[Path]:
-    """Delete the temporary files (`core.atomic_write`'s `.<name>.XXXX.tmp<ext>`) that a killed run of the
-    driver with output `prefix` left next to its outputs (a kill cannot clean up after itself). Returns them."""
+    """Delete the temporary files (`core.atomic_write`'s) that a killed run of the driver with output `prefix` left
+    next to its outputs and in its `<prefix>_postprocess_iter*` folders (`core.remove_temporaries`). Returns them."""
     folder = Path(prefix) if str(prefix).endswith(("/", os.sep)) else Path(prefix).parent
     stem = "" if str(prefix).endswith(("/", os.sep)) else Path(prefix).name
-    stale = [
-        f for pat in (f".{stem}*.tmp*", f"{stem}_postprocess_iter*/.*.tmp*") for f in folder.glob(pat) if f.is_file()
-    ]
-    for f in stale:
-        f.unlink(missing_ok=True)
-    if stale:
-        _log.info(f"removed {len(stale)} temporary file(s) of an interrupted run in {folder}")
+    stale = remove_temporaries(folder, f"{stem}*")
+    for d in folder.glob(f"{stem}_postprocess_iter*"):
+        if d.is_dir(): stale += remove_temporaries(d)
     return stale
 
 # %% ../../nbs/10_cryosieve.ipynb #e5924922
