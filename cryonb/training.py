@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DataLoader, Sampler, BatchSampler
 from torch.utils.data.dataloader import default_collate
-from .core import InputError, atomic_write, get_device, get_logger
+from .core import InputError, atomic_write, get_device, get_logger, remove_temporaries
 from . import distributed as cdist
 
 # %% auto #0
@@ -370,6 +370,8 @@ class Trainer:
         log. Returns `history` (the logged dicts)."""
         cfg = self.config
         resumed = False
+        if self.out_dir is not None and cdist.is_main():   # leftovers of a write a SIGKILL interrupted
+            remove_temporaries(self.out_dir / "checkpoints"); remove_temporaries(self.out_dir, cfg.log_file)
         if resume and self.out_dir is not None and (ck := latest_checkpoint(self.out_dir)) is not None:
             self.load_checkpoint(ck); resumed = True
             self.log.info(f"resumed from {ck} (step {self.step}, epoch {self.epoch})")
