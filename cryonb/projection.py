@@ -797,11 +797,15 @@ class ImageFormation(torch.nn.Module):
     def _band_forward(self, rotations, shifts_A, ctf, coords):
         """Images from the low-pass band alone (`band_px < D//2`, a potential with `fourier_band`): the closed
         form, CTF, low-pass and `1/f_std` on the half band `ky = −m..m`, `kx = 0..m` only, then one
-        `irfft2` — the same values as `ifft2c` of the centred plane (the plane is Hermitian), without the
-        full-plane complex products and shifts. The centring (`ifft2c`'s origin at `D//2`) is folded in:
+        `irfft2` — the same values as `ifft2c(·).real` of the centred plane, without the full-plane complex
+        products and shifts. A band reaching `D//2` is the whole plane: for even `D` the rows `ky = ±D/2` alias
+        and are folded as the centred plane's real part sees them (`(F(−D/2,kx) + F(D/2,kx))/2`, `F(D/2,D/2)` at
+        the corner; a CTF given as a centred tensor then takes the full-plane path). The centring (`ifft2c`'s origin at `D//2`) is folded in:
         `exp(−2πi k·(D//2)/D)` per axis is `(−1)^k` for even `D` and `(−1)^k·exp(iπk/D)` (a half-pixel move of
         the centres) for odd `D`. None where the potential has no band form."""
-        D, m, c0 = self.D, self.band_px, self.D // 2
+        D, c0 = self.D, self.D // 2
+        m = min(self.band_px, c0)
+        if 2 * m == D and isinstance(ctf, torch.Tensor): return None
         if D % 2:      # odd D: the centring's exp(iπk/D) is a move of the centres by −apix/2 (origin + apix/2)
             if shifts_A is None:
                 Bp = _check_rotations(rotations).shape[0]
@@ -814,7 +818,9 @@ class ImageFormation(torch.nn.Module):
         B, dev, rdt = re.shape[0], re.device, re.dtype
         k = torch.arange(-m, m + 1, device=dev)
         w = (1 - 2 * ((k[:, None] + k[None, m:]) % 2)).to(rdt)         # (−1)^(ky+kx) (2m+1, m+1)
-        if self.lowpass is not None: w = w * self.lowpass[c0 - m:c0 + m + 1, c0:c0 + m + 1].to(device=dev, dtype=rdt)
+        if self.lowpass is not None:      # a radial mask: (ky, +D/2) of even D read at (ky, −D/2)
+            lp = self.lowpass.to(device=dev, dtype=rdt)
+            w = w * lp[(c0 + k) % D][:, (c0 + k[m:]) % D]
         if self.f_std is not None: w = w / self.f_std
         if ctf is not None:
             if isinstance(ctf, CTFParams):
@@ -827,13 +833,19 @@ class ImageFormation(torch.nn.Module):
                 raise InputError(f"ctf: expected CTFParams or a ({B},{D},{D}) tensor, got {tuple(ctf.shape)}")
             else: c = ctf[:, c0 - m:c0 + m + 1, c0:c0 + m + 1].to(device=dev, dtype=rdt)
             w = w * (c if self.ctf_sign == 1 else -c)
-        Fb = torch.complex(re * w, im * w)
-        Fh = torch.cat([Fb[:, m:], Fb.new_zeros(B, D - 2 * m - 1, m + 1), Fb[:, :m]], 1)    # rows ky mod D
+        re, im = re * w, im * w
+        if 2 * m == D:
+            def fold(x):                  # rows ky = 0..m−1, the Nyquist row −m (+m folded in), −m+1..−1
+                top = torch.cat([0.5 * (x[:, :1, :m] + x[:, -1:, :m]), x[:, -1:, m:]], 2)
+                return torch.cat([x[:, m:-1], top, x[:, 1:m]], 1)
+            Fh = torch.complex(fold(re), fold(im))
+        else:
+            Fb = torch.complex(re, im)
+            Fh = torch.cat([Fb[:, m:], Fb.new_zeros(B, D - 2 * m - 1, m + 1), Fb[:, :m]], 1)    # rows ky mod D
         return torch.fft.irfft2(Fh, s=(D, D))
 
     def forward(self, rotations, shifts_A=None, ctf=None, coords=None) -> torch.Tensor:
-        if (self.band_px is not None and self.band_px < self.D // 2
-                and callable(getattr(self.potential, "fourier_band", None))):
+        if self.band_px is not None and callable(getattr(self.potential, "fourier_band", None)):
             img = self._band_forward(rotations, shifts_A, ctf, coords)
             if img is not None: return img
         fourier = ctf is not None or shifts_A is not None or self.lowpass is not None
