@@ -609,6 +609,45 @@ def render_gmm_2d_ft(coords, amplitudes, sigma, rotations, D: int, apix: float, 
         out.append(_plane_from_quadrant(*prods, D, m))
     return torch.cat(out) if len(out) > 1 else out[0]
 
+class _GaussBand(torch.autograd.Function):
+    """The half band `(re, im)` `(b, 2m+1, m+1)` of `Σ_n (Cy − iSy)(Cx − iSx)` from image-plane centres `xy
+    (b,N,2)` Å, with `Cx − iSx = envx·exp(−2πi f x)`, `Cy − iSy = envy·exp(−2πi f y)` (`envx, envy (N,k)`, the
+    amplitudes in `envy`, `f (k,)` Å⁻¹) — the forward of `_gmm_ft_band` with an analytic backward wrt `xy`
+    alone: `∂(env·cos(2πfμ))/∂μ = −2πf·env·sin`, `∂(env·sin)/∂μ = 2πf·env·cos`, from the saved factors (no
+    transcendental in the backward, two batched products)."""
+    @staticmethod
+    def forward(ctx, xy, envx, envy, f, m):
+        k = m + 1
+        ph = (2 * math.pi) * xy[..., None] * f                                        # (b,N,2,k)
+        cs, sn = torch.cos(ph), torch.sin(ph)
+        X = torch.cat([envx * cs[:, :, 0], envx * sn[:, :, 0]], 2)                    # (b,N,2k)
+        Y = torch.cat([envy * cs[:, :, 1], envy * sn[:, :, 1]], 2)
+        P = torch.bmm(Y.transpose(1, 2), X)                                           # (b,2k,2k)
+        CC, CS, SC, SS = P[:, :k, :k], P[:, :k, k:], P[:, k:, :k], P[:, k:, k:]
+        ctx.save_for_backward(X, Y, f)
+        ctx.m = m
+        return (torch.cat([(CC + SS)[:, 1:].flip(1), CC - SS], 1),
+                torch.cat([(SC - CS)[:, 1:].flip(1), -(CS + SC)], 1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gre, gim):
+        X, Y, f = ctx.saved_tensors
+        m, k = ctx.m, ctx.m + 1
+        b = X.shape[0]
+        z = X.new_zeros(b, 1, k)
+        gre = X.new_zeros(b, 2 * m + 1, k) if gre is None else gre
+        gim = X.new_zeros(b, 2 * m + 1, k) if gim is None else gim
+        rp, rn = gre[:, m:], torch.cat([z, gre[:, :m].flip(1)], 1)                   # rows |ky| = 0..m
+        ip, in_ = gim[:, m:], torch.cat([z, gim[:, :m].flip(1)], 1)
+        dP = torch.cat([torch.cat([rp + rn, -ip - in_], 2), torch.cat([in_ - ip, rn - rp], 2)], 1)
+        dX = torch.bmm(Y, dP)                                                        # (b,N,2k)
+        dY = torch.bmm(X, dP.transpose(1, 2))
+        w = (2 * math.pi) * f
+        gx = ((dX[..., k:] * X[..., :k] - dX[..., :k] * X[..., k:]) * w).sum(-1)
+        gy = ((dY[..., k:] * Y[..., :k] - dY[..., :k] * Y[..., k:]) * w).sum(-1)
+        return torch.stack([gx, gy], -1), None, None, None, None
+
 def _gmm_ft_band(coords, amplitudes, sigma, rotations, D: int, apix: float, m: int, shifts_A=None,
                  integrate: bool = False):
     """Real and imaginary parts `(B, 2m+1, m+1)` each of `render_gmm_2d_ft` on the half band `ky = −m..m`
@@ -620,9 +659,17 @@ def _gmm_ft_band(coords, amplitudes, sigma, rotations, D: int, apix: float, m: i
     B, N, k = rotations.shape[0], coords.shape[-2], m + 1
     f = torch.arange(k, device=coords.device, dtype=coords.dtype) / (D * apix)
     n = _chunk(B, 4 * N * k, coords.device, cap_cpu=1 << 21)
+    fixed = not (amplitudes.requires_grad or sigma.requires_grad)
+    if fixed:          # gradients wrt the centres only: the analytic backward of `_GaussBand`
+        env = torch.exp((-2 * math.pi ** 2) * (sigma[:, None] * f) ** 2)
+        if integrate: env = env * torch.sinc(f * apix)
     re, im = [], []
     for b0 in range(0, B, n):
         xy = _rotated_xy(coords, rotations[b0:b0 + n], b0, shifts_A)
+        if fixed:
+            r, i = _GaussBand.apply(xy, env, amplitudes[:, None] * env, f, m)
+            re.append(r); im.append(i)
+            continue
         cx, sx = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)            # (b,N,k)
         cy, sy = _gauss_ft_factors(xy[..., 1], sigma, f, apix, integrate)
         Y = (torch.cat([cy, sy], 2) * amplitudes[:, None]).transpose(1, 2)           # (b,2k,N)
