@@ -809,7 +809,10 @@ class ImageFormation(torch.nn.Module):
     (cryoSTAR/cryoSPHERE, `estimate_f_std`); ctf_sign: +1 (RELION) or −1 (cryoDRGN/cryoSPHERE).
     `forward(rotations (B,3,3), shifts_A (B,2) Å | None, ctf: CTFParams | (B,D,D) centred tensor | None,
     coords: (N,3) | (B,N,3) Å | None)`: `coords` overrides the Gaussian centres for this call (a
-    decoder's output). Raises `InputError` on mismatched sizes or bad options."""
+    decoder's output). With `lowpass_A` and a potential that has `fourier_band` (`GaussianPotential`, closed
+    form), only the rfft half band inside the low-pass is computed and one `irfft2` makes the images
+    (`_band_forward`; the same values as the centred full plane, to rounding). Raises `InputError` on
+    mismatched sizes or bad options."""
     def __init__(self, D: int, apix: float, potential, lowpass_A: float | None = None,
                  lowpass_soft_px: float = 0.0, f_std: float | None = None, ctf_sign: float = 1.0):
         super().__init__()
