@@ -811,7 +811,8 @@ class ImageFormation(torch.nn.Module):
     coords: (N,3) | (B,N,3) Å | None)`: `coords` overrides the Gaussian centres for this call (a
     decoder's output). With `lowpass_A` and a potential that has `fourier_band` (`GaussianPotential`, closed
     form), only the rfft half band inside the low-pass is computed and one `irfft2` makes the images
-    (`_band_forward`; the same values as the centred full plane, to rounding). Raises `InputError` on
+    (`_band_forward`; the same values as the centred full plane, to rounding). Autocast (AMP) is off inside:
+    the images have the precision of the coordinates (float32 from `AtomicVAE`). Raises `InputError` on
     mismatched sizes or bad options."""
     def __init__(self, D: int, apix: float, potential, lowpass_A: float | None = None,
                  lowpass_soft_px: float = 0.0, f_std: float | None = None, ctf_sign: float = 1.0):
@@ -895,6 +896,11 @@ class ImageFormation(torch.nn.Module):
         return torch.fft.irfft2(Fh, s=(D, D))
 
     def forward(self, rotations, shifts_A=None, ctf=None, coords=None) -> torch.Tensor:
+        dev = next((t.device.type for t in (coords, rotations) if isinstance(t, torch.Tensor)), "cpu")
+        with torch.autocast(dev, enabled=False):       # under AMP too, in the inputs' precision: phases need float32
+            return self._forward(rotations, shifts_A, ctf, coords)
+
+    def _forward(self, rotations, shifts_A, ctf, coords):
         if self.band_px is not None and callable(getattr(self.potential, "fourier_band", None)):
             img = self._band_forward(rotations, shifts_A, ctf, coords)
             if img is not None: return img
