@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from .core import InputError
 from .fourier import fft2c, ifft2c, fft3c, ifft3c, phase_shift, lowpass_mask, radius_grid
-from .ctf import CTFParams, ctf_2d
+from .ctf import CTFParams, ctf_2d, ctf_at
 
 # %% auto #0
 __all__ = ['gridding_correction', 'VolumeFT', 'prepare_volume', 'slice_grid', 'insert_grid', 'hermitian_symmetrize', 'project_ft',
@@ -609,6 +609,76 @@ def render_gmm_2d_ft(coords, amplitudes, sigma, rotations, D: int, apix: float, 
         out.append(_plane_from_quadrant(*prods, D, m))
     return torch.cat(out) if len(out) > 1 else out[0]
 
+class _GaussBand(torch.autograd.Function):
+    """The half band `(re, im)` `(b, 2m+1, m+1)` of `Σ_n (Cy − iSy)(Cx − iSx)` from image-plane centres `xy
+    (b,N,2)` Å, with `Cx − iSx = envx·exp(−2πi f x)`, `Cy − iSy = envy·exp(−2πi f y)` (`envx, envy (N,k)`, the
+    amplitudes in `envy`, `f (k,)` Å⁻¹) — the forward of `_gmm_ft_band` with an analytic backward wrt `xy`
+    alone: `∂(env·cos(2πfμ))/∂μ = −2πf·env·sin`, `∂(env·sin)/∂μ = 2πf·env·cos`, from the saved factors (no
+    transcendental in the backward, two batched products)."""
+    @staticmethod
+    def forward(ctx, xy, envx, envy, f, m):
+        k = m + 1
+        ph = (2 * math.pi) * xy[..., None] * f                                        # (b,N,2,k)
+        cs, sn = torch.cos(ph), torch.sin(ph)
+        X = torch.cat([envx * cs[:, :, 0], envx * sn[:, :, 0]], 2)                    # (b,N,2k)
+        Y = torch.cat([envy * cs[:, :, 1], envy * sn[:, :, 1]], 2)
+        P = torch.bmm(Y.transpose(1, 2), X)                                           # (b,2k,2k)
+        CC, CS, SC, SS = P[:, :k, :k], P[:, :k, k:], P[:, k:, :k], P[:, k:, k:]
+        ctx.save_for_backward(X, Y, f)
+        ctx.m = m
+        return (torch.cat([(CC + SS)[:, 1:].flip(1), CC - SS], 1),
+                torch.cat([(SC - CS)[:, 1:].flip(1), -(CS + SC)], 1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gre, gim):
+        X, Y, f = ctx.saved_tensors
+        m, k = ctx.m, ctx.m + 1
+        b = X.shape[0]
+        z = X.new_zeros(b, 1, k)
+        gre = X.new_zeros(b, 2 * m + 1, k) if gre is None else gre
+        gim = X.new_zeros(b, 2 * m + 1, k) if gim is None else gim
+        rp, rn = gre[:, m:], torch.cat([z, gre[:, :m].flip(1)], 1)                   # rows |ky| = 0..m
+        ip, in_ = gim[:, m:], torch.cat([z, gim[:, :m].flip(1)], 1)
+        dP = torch.cat([torch.cat([rp + rn, -ip - in_], 2), torch.cat([in_ - ip, rn - rp], 2)], 1)
+        dX = torch.bmm(Y, dP)                                                        # (b,N,2k)
+        dY = torch.bmm(X, dP.transpose(1, 2))
+        w = (2 * math.pi) * f
+        gx = ((dX[..., k:] * X[..., :k] - dX[..., :k] * X[..., k:]) * w).sum(-1)
+        gy = ((dY[..., k:] * Y[..., :k] - dY[..., :k] * Y[..., k:]) * w).sum(-1)
+        return torch.stack([gx, gy], -1), None, None, None, None
+
+def _gmm_ft_band(coords, amplitudes, sigma, rotations, D: int, apix: float, m: int, shifts_A=None,
+                 integrate: bool = False):
+    """Real and imaginary parts `(B, 2m+1, m+1)` each of `render_gmm_2d_ft` on the half band `ky = −m..m`
+    (rows), `kx = 0..m` (columns) — the rfft half of the square `|kx|, |ky| ≤ m`, the other half being its
+    complex conjugate. Same arguments and formula; the four quadrant products `CC, SS, CS, SC` come from one
+    batched product `[Cy; Sy]·[Cx, Sx]`, `F(±|ky|, kx ≥ 0) = CC ∓ SS − i(CS ± SC)`; no complex tensor."""
+    coords, amplitudes, sigma = _gmm_args(coords, amplitudes, sigma)
+    rotations, shifts_A = _gmm_poses(coords, rotations, shifts_A)
+    B, N, k = rotations.shape[0], coords.shape[-2], m + 1
+    f = torch.arange(k, device=coords.device, dtype=coords.dtype) / (D * apix)
+    n = _chunk(B, 4 * N * k, coords.device, cap_cpu=1 << 21)
+    fixed = not (amplitudes.requires_grad or sigma.requires_grad)
+    if fixed:          # gradients wrt the centres only: the analytic backward of `_GaussBand`
+        env = torch.exp((-2 * math.pi ** 2) * (sigma[:, None] * f) ** 2)
+        if integrate: env = env * torch.sinc(f * apix)
+    re, im = [], []
+    for b0 in range(0, B, n):
+        xy = _rotated_xy(coords, rotations[b0:b0 + n], b0, shifts_A)
+        if fixed:
+            r, i = _GaussBand.apply(xy, env, amplitudes[:, None] * env, f, m)
+            re.append(r); im.append(i)
+            continue
+        cx, sx = _gauss_ft_factors(xy[..., 0], sigma, f, apix, integrate)            # (b,N,k)
+        cy, sy = _gauss_ft_factors(xy[..., 1], sigma, f, apix, integrate)
+        Y = (torch.cat([cy, sy], 2) * amplitudes[:, None]).transpose(1, 2)           # (b,2k,N)
+        P = torch.bmm(Y, torch.cat([cx, sx], 2))                                    # (b,2k,2k)
+        CC, CS, SC, SS = P[:, :k, :k], P[:, :k, k:], P[:, k:, :k], P[:, k:, k:]
+        re.append(torch.cat([(CC + SS)[:, 1:].flip(1), CC - SS], 1))
+        im.append(torch.cat([(SC - CS)[:, 1:].flip(1), -(CS + SC)], 1))
+    return (torch.cat(re), torch.cat(im)) if len(re) > 1 else (re[0], im[0])
+
 # %% ../nbs/06_projection.ipynb #812da851
 @runtime_checkable
 class Potential(Protocol):
@@ -662,6 +732,13 @@ class GaussianPotential(torch.nn.Module):
         if self.method == "real": return fft2c(self.render(rotations, D, apix, coords))
         return render_gmm_2d_ft(self._coords(coords), self.amplitudes, self.sigma, rotations, D, apix,
                                 integrate=self.integrate, band_px=band_px)
+
+    def fourier_band(self, rotations, D: int, apix: float, m: int, coords=None, shifts_A=None):
+        """The closed form on the half band `ky = −m..m`, `kx = 0..m`: real and imaginary parts `(B,2m+1,m+1)`
+        (`_gmm_ft_band`; shifts by `−origin` folded into the centres); None for `method="real"`."""
+        if self.method == "real": return None
+        return _gmm_ft_band(self._coords(coords), self.amplitudes, self.sigma, rotations, D, apix, m, shifts_A,
+                            self.integrate)
 
     def volume(self, D: int, apix: float, coords=None) -> torch.Tensor:
         "The map `(D,D,D)` (or `(B,D,D,D)`) of the model (`render_gmm_3d`)."
@@ -732,7 +809,11 @@ class ImageFormation(torch.nn.Module):
     (cryoSTAR/cryoSPHERE, `estimate_f_std`); ctf_sign: +1 (RELION) or −1 (cryoDRGN/cryoSPHERE).
     `forward(rotations (B,3,3), shifts_A (B,2) Å | None, ctf: CTFParams | (B,D,D) centred tensor | None,
     coords: (N,3) | (B,N,3) Å | None)`: `coords` overrides the Gaussian centres for this call (a
-    decoder's output). Raises `InputError` on mismatched sizes or bad options."""
+    decoder's output). With `lowpass_A` and a potential that has `fourier_band` (`GaussianPotential`, closed
+    form), only the rfft half band inside the low-pass is computed and one `irfft2` makes the images
+    (`_band_forward`; the same values as the centred full plane, to rounding). Autocast (AMP) is off inside:
+    the images have the precision of the coordinates (float32 from `AtomicVAE`). Raises `InputError` on
+    mismatched sizes or bad options."""
     def __init__(self, D: int, apix: float, potential, lowpass_A: float | None = None,
                  lowpass_soft_px: float = 0.0, f_std: float | None = None, ctf_sign: float = 1.0):
         super().__init__()
@@ -764,7 +845,65 @@ class ImageFormation(torch.nn.Module):
         ctf = ctf.to(device=device, dtype=rdt)
         return ctf if self.ctf_sign == 1 else -ctf
 
+    def _band_forward(self, rotations, shifts_A, ctf, coords):
+        """Images from the low-pass band alone (`band_px < D//2`, a potential with `fourier_band`): the closed
+        form, CTF, low-pass and `1/f_std` on the half band `ky = −m..m`, `kx = 0..m` only, then one
+        `irfft2` — the same values as `ifft2c(·).real` of the centred plane, without the full-plane complex
+        products and shifts. A band reaching `D//2` is the whole plane: for even `D` the rows `ky = ±D/2` alias
+        and are folded as the centred plane's real part sees them (`(F(−D/2,kx) + F(D/2,kx))/2`, `F(D/2,D/2)` at
+        the corner; a CTF given as a centred tensor then takes the full-plane path). The centring (`ifft2c`'s origin at `D//2`) is folded in:
+        `exp(−2πi k·(D//2)/D)` per axis is `(−1)^k` for even `D` and `(−1)^k·exp(iπk/D)` (a half-pixel move of
+        the centres) for odd `D`. None where the potential has no band form."""
+        D, c0 = self.D, self.D // 2
+        m = min(self.band_px, c0)
+        if 2 * m == D and isinstance(ctf, torch.Tensor): return None
+        if D % 2:      # odd D: the centring's exp(iπk/D) is a move of the centres by −apix/2 (origin + apix/2)
+            if shifts_A is None:
+                Bp = _check_rotations(rotations).shape[0]
+                if coords is not None and getattr(coords, "ndim", 0) == 3 and Bp == 1: Bp = coords.shape[0]
+                shifts_A = torch.full((Bp, 2), 0.5 * self.apix)
+            else: shifts_A = _as_tensor(shifts_A, "shifts_A") + 0.5 * self.apix
+        band = self.potential.fourier_band(rotations, D, self.apix, m, coords, shifts_A)
+        if band is None: return None
+        re, im = band
+        B, dev, rdt = re.shape[0], re.device, re.dtype
+        k = torch.arange(-m, m + 1, device=dev)
+        w = (1 - 2 * ((k[:, None] + k[None, m:]) % 2)).to(rdt)         # (−1)^(ky+kx) (2m+1, m+1)
+        if self.lowpass is not None:      # a radial mask: (ky, +D/2) of even D read at (ky, −D/2)
+            lp = self.lowpass.to(device=dev, dtype=rdt)
+            w = w * lp[(c0 + k) % D][:, (c0 + k[m:]) % D]
+        if self.f_std is not None: w = w / self.f_std
+        if ctf is not None:
+            if isinstance(ctf, CTFParams):
+                if len(ctf) != B: raise InputError(f"ctf: {len(ctf)} CTF parameter sets for {B} images")
+                fr = torch.arange(m + 1, device=dev, dtype=rdt) / (D * self.apix)
+                fy = torch.cat([-fr[1:].flip(0), fr])
+                grid = torch.stack(torch.broadcast_tensors(fr[None, :], fy[:, None]), -1)   # (kx, ky)
+                c = ctf_at(ctf.to(dev), grid).to(rdt)
+            elif tuple(ctf.shape) != (B, D, D):
+                raise InputError(f"ctf: expected CTFParams or a ({B},{D},{D}) tensor, got {tuple(ctf.shape)}")
+            else: c = ctf[:, c0 - m:c0 + m + 1, c0:c0 + m + 1].to(device=dev, dtype=rdt)
+            w = w * (c if self.ctf_sign == 1 else -c)
+        re, im = re * w, im * w
+        if 2 * m == D:
+            def fold(x):                  # rows ky = 0..m−1, the Nyquist row −m (+m folded in), −m+1..−1
+                top = torch.cat([0.5 * (x[:, :1, :m] + x[:, -1:, :m]), x[:, -1:, m:]], 2)
+                return torch.cat([x[:, m:-1], top, x[:, 1:m]], 1)
+            Fh = torch.complex(fold(re), fold(im))
+        else:
+            Fb = torch.complex(re, im)
+            Fh = torch.cat([Fb[:, m:], Fb.new_zeros(B, D - 2 * m - 1, m + 1), Fb[:, :m]], 1)    # rows ky mod D
+        return torch.fft.irfft2(Fh, s=(D, D))
+
     def forward(self, rotations, shifts_A=None, ctf=None, coords=None) -> torch.Tensor:
+        dev = next((t.device.type for t in (coords, rotations) if isinstance(t, torch.Tensor)), "cpu")
+        with torch.autocast(dev, enabled=False):       # under AMP too, in the inputs' precision: phases need float32
+            return self._forward(rotations, shifts_A, ctf, coords)
+
+    def _forward(self, rotations, shifts_A, ctf, coords):
+        if self.band_px is not None and callable(getattr(self.potential, "fourier_band", None)):
+            img = self._band_forward(rotations, shifts_A, ctf, coords)
+            if img is not None: return img
         fourier = ctf is not None or shifts_A is not None or self.lowpass is not None
         if not fourier and getattr(self.potential, "method", None) == "real":
             img = self.potential.render(rotations, self.D, self.apix, coords)

@@ -218,7 +218,8 @@ def atom_step_fn(cfg: dict, restraint: restraints.Restraints, D: int, apix: floa
     mask = circular_mask(D, lc["mask_rad_for_image_loss"], device)
     n_mask = float(mask.sum())
     lp = cfg["data_process"]["low_pass_bandwidth"]
-    lowpass = None if lp is None else lowpass_mask(D, apix, lp, device=device)
+    # the target low-pass in the rfft layout (a radial mask: the same filter as on the centred grid)
+    lowpass = None if lp is None else lowpass_mask(D, apix, lp, rfft=True, device=device)
     beta = BetaSchedule("linear", beta=lc["kl_beta_upper"], warmup=lc["warmup_step"])
     image_loss, seed = IMAGE_LOSSES[lc["image_loss"]], int(cfg["seed"])
 
@@ -228,7 +229,7 @@ def atom_step_fn(cfg: dict, restraint: restraints.Restraints, D: int, apix: floa
         g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * int(step) + 1)   # the global batch's noise
         eps = torch.randn(B * W, model.encoder.zdim, generator=g)[r::W].to(imgs.device)
         out = model(batch, sample=True, noise=eps)
-        target = imgs if lowpass is None else ifft2c(fft2c(imgs.float()) * lowpass.to(imgs.device)).real
+        target = imgs if lowpass is None else torch.fft.irfft2(torch.fft.rfft2(imgs.float()) * lowpass.to(imgs.device), s=(D, D))
         L = {"image": image_loss(out["pred"], target, mask.to(imgs.device)), **restraint.losses(out["coords"]),
              "kl": kl_divergence(out["mu"].float(), out["logvar"].float(), lc["free_bits"])}
         b = beta(step)
