@@ -945,6 +945,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'cryonb.projection.ImageFormation._band_forward': ( 'projection.html#imageformation._band_forward',
                                                                                        'cryonb/projection.py'),
                                    'cryonb.projection.ImageFormation._ctf': ('projection.html#imageformation._ctf', 'cryonb/projection.py'),
+                                   'cryonb.projection.ImageFormation._forward': ( 'projection.html#imageformation._forward',
+                                                                                  'cryonb/projection.py'),
                                    'cryonb.projection.ImageFormation.forward': ( 'projection.html#imageformation.forward',
                                                                                  'cryonb/projection.py'),
                                    'cryonb.projection.MapPotential': ('projection.html#mappotential', 'cryonb/projection.py'),
