@@ -65,7 +65,9 @@ def clash_pairs(model: CGModel, window=(4.0, 10.0), ref: int = 0) -> np.ndarray:
 # %% ../nbs/13_restraints.ipynb #0fb22be9
 def pair_distances(coords: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     "Distances `(B, P)` Å between residues `pairs (P, 2)` of `coords (B, N, 3)` Å; differentiable, never NaN."
-    diff = coords[:, pairs[:, 0]] - coords[:, pairs[:, 1]]
+    # index_select, not coords[:, pairs[:, 0]]: the same values, but advanced indexing's backward (index_put with
+    # accumulation) is several times slower on the CPU; restraints went from 8.5 to 5.3 ms of a cryoSTAR step at D=64
+    diff = torch.index_select(coords, 1, pairs[:, 0]) - torch.index_select(coords, 1, pairs[:, 1])
     return (diff * diff).sum(-1).clamp_min(1e-12).sqrt()
 
 
