@@ -15,9 +15,10 @@ from .training import kl_divergence
 
 # %% auto #0
 __all__ = ['IMAGE_LOSSES', 'kl_free_bits', 'circular_mask', 'mlp', 'MLPEncoder', 'Deformer', 'IdentityDeformer',
-           'image_formation', 'toy_cgmodel', 'PerImageLatents', 'AtomicVAE', 'masked_correlation_loss', 'pearson_loss',
-           'gaussian_nll', 'encode', 'save_latents', 'decode_coords', 'decode_map', 'export_traversals',
-           'export_kmeans', 'write_cluster_stars', 'add_training_and_latents', 'atomic_report']
+           'image_formation', 'toy_cgmodel', 'write_toy_hinge', 'PerImageLatents', 'AtomicVAE',
+           'masked_correlation_loss', 'pearson_loss', 'gaussian_nll', 'encode', 'save_latents', 'decode_coords',
+           'decode_map', 'export_traversals', 'export_kmeans', 'write_cluster_stars', 'add_training_and_latents',
+           'atomic_report']
 
 # %% ../nbs/14_atomic_vae.ipynb #b6c29e90
 def circular_mask(D: int, radius: float = 1.0, device=None) -> torch.Tensor:
@@ -101,6 +102,49 @@ def toy_cgmodel(n: int = 30, seed: int = 0) -> structure.CGModel:
     xyz = np.stack([2.3 * np.cos(a), 2.3 * np.sin(a), 1.5 * (t - (n - 1) / 2)], 1).astype(np.float32)
     return structure.CGModel(torch.as_tensor(xyz)[None], torch.full((n,), 50.0), np.full(n, "ALA"),
                              np.arange(1, n + 1), np.full(n, "A"), np.full(n, "CA"), 2.0)
+
+# %% ../nbs/14_atomic_vae.ipynb #9b82fae1
+def write_toy_hinge(folder, n: int = 64, D: int = 32, apix: float = 2.0, snr: float = 1.0, seed: int = 0):
+    """The toy hinge dataset of the atomic methods' tests and tutorials: `toy_cgmodel(30)` with residues 15–29 bent
+    about the x axis through residue 15 by a per-particle angle uniform in [0°, 30°], uniform poses, ±2 Å shifts
+    (`rlnOriginX/YAngst`), an astigmatic CTF (defocus 1–2 µm, 300 kV, Cs 2.7 mm, w 0.1), rendered by
+    `image_formation(D, apix, model)` with Gaussian noise at `snr` (signal variance / noise variance). Writes
+    `particles.star`, `particles.mrcs` and `angles.npy` (degrees) in `folder`; returns `(CGModel, gt coords (n,N,3) Å,
+    angles (n,) degrees)`. Poses are drawn on the CPU whatever the default device (files are written from there)."""
+    import pandas as pd
+    from cryonb.io import write_star, write_stack
+    from cryonb.ctf import CTFParams
+    from cryonb.geometry import random_rotations, matrix_to_euler
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cg = toy_cgmodel(30)
+    x = cg.coords[0]
+    ang = torch.as_tensor(rng.uniform(0, 30, n), dtype=torch.float32) * math.pi / 180
+    c, s = torch.cos(ang), torch.sin(ang)
+    Rh = torch.zeros(n, 3, 3); Rh[:, 0, 0] = 1; Rh[:, 1, 1] = c; Rh[:, 1, 2] = -s; Rh[:, 2, 1] = s; Rh[:, 2, 2] = c  # bend about x
+    piv = x[15]
+    gt = x.expand(n, -1, -1).clone()
+    gt[:, 15:] = torch.einsum("bij,nj->bni", Rh, x[15:] - piv) + piv
+    R = random_rotations(n, seed=seed, device="cpu")
+    eul = matrix_to_euler(R)
+    sh = torch.as_tensor(rng.uniform(-2, 2, (n, 2)), dtype=torch.float32)
+    dfu = rng.uniform(10000, 20000, n); dfv = dfu - rng.uniform(0, 500, n); ast_ = rng.uniform(0, 180, n)
+    parts = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
+                          "rlnAngleRot": eul[:, 0].numpy(), "rlnAngleTilt": eul[:, 1].numpy(), "rlnAnglePsi": eul[:, 2].numpy(),
+                          "rlnOriginXAngst": sh[:, 0].numpy(), "rlnOriginYAngst": sh[:, 1].numpy(),
+                          "rlnDefocusU": dfu, "rlnDefocusV": dfv, "rlnDefocusAngle": ast_, "rlnOpticsGroup": 1})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnImagePixelSize": [apix],
+                           "rlnImageSize": [D], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
+    write_star(folder / "particles.star", parts, optics)
+    ctfp = CTFParams(defocus_u=torch.as_tensor(dfu, dtype=torch.float32), defocus_v=torch.as_tensor(dfv, dtype=torch.float32),
+                     defocus_angle=torch.as_tensor(ast_, dtype=torch.float32), voltage=torch.full((n,), 300.0),
+                     cs=torch.full((n,), 2.7), amplitude_contrast=torch.full((n,), 0.1))
+    clean = image_formation(D, apix, cg)(R, sh, ctfp, coords=gt)
+    noise = torch.as_tensor(rng.normal(size=clean.shape), dtype=torch.float32) * clean.std() / math.sqrt(snr)
+    write_stack(folder / "particles.mrcs", (clean + noise).numpy(), apix)
+    angles = ang.numpy() * 180 / math.pi
+    np.save(folder / "angles.npy", angles)
+    return cg, gt, angles
 
 # %% ../nbs/14_atomic_vae.ipynb #ad30d55b
 class PerImageLatents(nn.Module):

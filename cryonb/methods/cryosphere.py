@@ -868,38 +868,10 @@ def toy_experiment(folder, n: int = 40, D: int = 32, apix: float = 2.0, snr: flo
     default centres and widths with small spreads — its default spread of 10 residues on the centres is a third of
     this chain, and draws that noisy stop the decoder from learning in a few hundred steps) and return `{"parameters": path, "gt": (n,N,3) Å,
     "angles": (n,) degrees}`. `overrides` update `parameters.yaml` keys (top level; dicts are merged one level)."""
-    import pandas as pd, yaml
-    from cryonb.io import write_star, write_stack
-    from cryonb.ctf import CTFParams
-    from cryonb.geometry import random_rotations, matrix_to_euler
+    import yaml
+    from cryonb.atomic_vae import write_toy_hinge
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cg = toy_cgmodel(30)
-    x = cg.coords[0]
-    ang = torch.as_tensor(rng.uniform(0, 30, n), dtype=torch.float32)
-    a = ang * math.pi / 180
-    Rh = torch.zeros(n, 3, 3); Rh[:, 0, 0] = 1; Rh[:, 1, 1] = a.cos(); Rh[:, 1, 2] = -a.sin(); Rh[:, 2, 1] = a.sin(); Rh[:, 2, 2] = a.cos()
-    piv = x[15]
-    gt = x.expand(n, -1, -1).clone()
-    gt[:, 15:] = torch.einsum("bij,nj->bni", Rh, x[15:] - piv) + piv
-    R = random_rotations(n, seed=seed, device="cpu")   # files are written from the CPU, whatever the default device
-    eul = matrix_to_euler(R)
-    sh = torch.as_tensor(rng.uniform(-2, 2, (n, 2)), dtype=torch.float32)
-    dfu = rng.uniform(10000, 20000, n); dfv = dfu - rng.uniform(0, 500, n); ast_ = rng.uniform(0, 180, n)
-    parts = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
-                          "rlnAngleRot": eul[:, 0].numpy(), "rlnAngleTilt": eul[:, 1].numpy(), "rlnAnglePsi": eul[:, 2].numpy(),
-                          "rlnOriginXAngst": sh[:, 0].numpy(), "rlnOriginYAngst": sh[:, 1].numpy(),
-                          "rlnDefocusU": dfu, "rlnDefocusV": dfv, "rlnDefocusAngle": ast_, "rlnOpticsGroup": 1})
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnImagePixelSize": [apix],
-                           "rlnImageSize": [D], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
-    write_star(folder / "particles.star", parts, optics)
-    ctf = CTFParams(defocus_u=torch.as_tensor(dfu, dtype=torch.float32), defocus_v=torch.as_tensor(dfv, dtype=torch.float32),
-                    defocus_angle=torch.as_tensor(ast_, dtype=torch.float32), voltage=torch.full((n,), 300.0),
-                    cs=torch.full((n,), 2.7), amplitude_contrast=torch.full((n,), 0.1))
-    imf = projection.ImageFormation(D, apix, projection.GaussianPotential(x, cg.amplitudes, cg.sigma))
-    clean = imf(R, sh, ctf, coords=gt)
-    noise = torch.as_tensor(rng.normal(size=clean.shape), dtype=torch.float32) * clean.std() / math.sqrt(snr)
-    write_stack(folder / "particles.mrcs", (clean + noise).numpy(), apix)
+    cg, gt, ang = write_toy_hinge(folder, n=n, D=D, apix=apix, snr=snr, seed=seed)
     cg.to_pdb(folder / "base_structure.pdb")
     (folder / "image.yaml").write_text(yaml.safe_dump({"apix": apix, "Npix": D, "Npix_downsize": D, "sigma_gmm": 2.0}))
     params = {"name": "toy", "folder_path": ".", "base_structure_path": "base_structure.pdb", "image_yaml": "image.yaml",
@@ -912,7 +884,7 @@ def toy_experiment(folder, n: int = 40, D: int = 32, apix: float = 2.0, snr: flo
               "optimizer": {"name": "adam", "learning_rate": 1e-3, "learning_rate_segmentation": 1e-2}}
     for k, v in overrides.items(): params[k] = {**params[k], **v} if isinstance(v, dict) and isinstance(params.get(k), dict) else v
     (folder / "parameters.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return {"parameters": folder / "parameters.yaml", "gt": gt, "angles": ang.numpy()}
+    return {"parameters": folder / "parameters.yaml", "gt": gt, "angles": ang}
 
 def load_dataset(ex: Experiment, labels=None):
     """The experiment's particles as a `ParticleDataset`: `cs_star_file` (`.star` or `.cs` with `abinit`/`hetrefine`),

@@ -13,7 +13,7 @@ from ..core import InputError, atomic_write, get_device, get_logger
 from .. import structure, distributed, restraints
 from ..atomic_vae import (AtomicVAE, Deformer, MLPEncoder, mlp, image_formation, circular_mask,
                                IMAGE_LOSSES, encode, export_traversals, export_kmeans,
-                               atomic_report, toy_cgmodel, write_cluster_stars)
+                               atomic_report, toy_cgmodel, write_toy_hinge, write_cluster_stars)
 from ..training import Trainer, TrainConfig, BetaSchedule, Callback, kl_divergence, latest_checkpoint
 from ..projection import estimate_f_std
 from ..fourier import lowpass_mask, fft2c, ifft2c, ifft3c
@@ -328,45 +328,13 @@ class AtomTrainer:
 
 # %% ../../nbs/15_cryostar.ipynb #e91f885c
 def toy_dataset(folder, n: int = 64, D: int = 32, apix: float = 2.0, snr: float = 1.0, seed: int = 0):
-    """A small simulated dataset for tests: `toy_cgmodel()` with its second half rotated about a hinge by a
-    per-particle angle in [0°, 30°] (the ground truth, `angles.npy`), uniform poses, ±2 Å shifts, a CTF, Gaussian
-    noise at `snr`. Writes `particles.star`/`.mrcs` and returns `(ParticleDataset, CGModel reference, gt coords (n,N,3))`."""
-    import pandas as pd
-    from cryonb.io import write_star, write_stack
+    """A small simulated dataset for tests: `atomic_vae.write_toy_hinge` (the toy hinge: `toy_cgmodel()` with its second
+    half bent by a per-particle angle in [0°, 30°], the ground truth in `angles.npy`). Returns `(ParticleDataset,
+    CGModel reference, gt coords (n,N,3))`."""
     from cryonb.data import ParticleDataset
-    from cryonb.ctf import CTFParams
-    from cryonb.geometry import random_rotations, matrix_to_euler
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cg = toy_cgmodel(30)
-    x = cg.coords[0]
-    ang = torch.as_tensor(rng.uniform(0, 30, n), dtype=torch.float32) * math.pi / 180
-    c, s = torch.cos(ang), torch.sin(ang)
-    Rh = torch.zeros(n, 3, 3); Rh[:, 0, 0] = 1; Rh[:, 1, 1] = c; Rh[:, 1, 2] = -s; Rh[:, 2, 1] = s; Rh[:, 2, 2] = c  # bend about x
-    piv = x[15]
-    gt = x.expand(n, -1, -1).clone()
-    gt[:, 15:] = torch.einsum("bij,nj->bni", Rh, x[15:] - piv) + piv
     torch.manual_seed(seed)
-    R = random_rotations(n, seed=seed, device="cpu")   # files are written from the CPU, whatever the default device
-    eul = matrix_to_euler(R)
-    sh = torch.as_tensor(rng.uniform(-2, 2, (n, 2)), dtype=torch.float32)
-    dfu = rng.uniform(10000, 20000, n); dfv = dfu - rng.uniform(0, 500, n); ast_ = rng.uniform(0, 180, n)
-    parts = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
-                          "rlnAngleRot": eul[:, 0].numpy(), "rlnAngleTilt": eul[:, 1].numpy(), "rlnAnglePsi": eul[:, 2].numpy(),
-                          "rlnOriginXAngst": sh[:, 0].numpy(), "rlnOriginYAngst": sh[:, 1].numpy(),
-                          "rlnDefocusU": dfu, "rlnDefocusV": dfv, "rlnDefocusAngle": ast_, "rlnOpticsGroup": 1})
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnImagePixelSize": [apix],
-                           "rlnImageSize": [D], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
-    write_star(folder / "particles.star", parts, optics)
-    ctfp = CTFParams(defocus_u=torch.as_tensor(dfu, dtype=torch.float32), defocus_v=torch.as_tensor(dfv, dtype=torch.float32),
-                     defocus_angle=torch.as_tensor(ast_, dtype=torch.float32), voltage=torch.full((n,), 300.0),
-                     cs=torch.full((n,), 2.7), amplitude_contrast=torch.full((n,), 0.1))
-    imf = image_formation(D, apix, cg)
-    clean = imf(R, sh, ctfp, coords=gt)
-    noise = torch.as_tensor(rng.normal(size=clean.shape), dtype=torch.float32) * clean.std() / math.sqrt(snr)
-    write_stack(folder / "particles.mrcs", (clean + noise).numpy(), apix)
-    np.save(folder / "angles.npy", ang.numpy() * 180 / math.pi)
-    return ParticleDataset(folder / "particles.star"), cg, gt
+    cg, gt, _ = write_toy_hinge(folder, n=n, D=D, apix=apix, snr=snr, seed=seed)
+    return ParticleDataset(Path(folder) / "particles.star"), cg, gt
 
 # %% ../../nbs/15_cryostar.ipynb #b0cf837c
 def train_atom(cfg: dict, dataset, reference: structure.CGModel, outdir, device=None, progress: bool = True,
