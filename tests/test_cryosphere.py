@@ -161,7 +161,7 @@ def test_kill_and_resume(exp, tmp_path):
     t0 = time.time()
     while time.time() - t0 < 120:
         if log.exists() and len(log.read_text().splitlines()) >= 15: break
-        time.sleep(0.1)
+        time.sleep(0.01)                                   # steps take milliseconds: poll often
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (e / "cryoSPHERE" / "z.npy").exists() and (e / "cryoSPHERE" / "checkpoints").exists()
     r = subprocess.run(cmd(e), env=ENV, capture_output=True, text=True, timeout=300)

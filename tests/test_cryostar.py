@@ -186,7 +186,7 @@ def test_kill_and_resume(data, tmp_path):
     while time.time() - t0 < 120:
         log = tmp_path / "log.jsonl"
         if log.exists() and len(log.read_text().splitlines()) >= 12: break
-        time.sleep(0.2)
+        time.sleep(0.01)                                   # steps take milliseconds: poll often
     p.send_signal(signal.SIGKILL); p.wait()
     assert (tmp_path / "ckpt.pt").exists() and not (tmp_path / "z.npy").exists()
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
