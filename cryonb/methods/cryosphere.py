@@ -20,7 +20,7 @@ from ..fourier import fft2c, ifft2c, lowpass_mask
 # %% auto #0
 __all__ = ['PARAMETER_DEFAULTS', 'REQUIRED_KEYS', 'IMAGE_DEFAULTS', 'DEMO_METHODS', 'quat1v_to_rotvec', 'rotate_rodrigues',
            'SegmentPart', 'default_segment_values', 'segmentation_parts', 'gaussian_kl', 'Segmenter', 'segment_motion',
-           'SegmentDeformer', 'SphereEncoder', 'CryoSphereVAE', 'read_yaml', 'validate_parameters', 'validate_image',
+           'SegmentDeformer', 'SphereEncoder', 'CryoSphereVAE', 'validate_parameters', 'validate_image',
            'parse_parameters', 'parse_image', 'apix_down', 'Experiment', 'load_experiment', 'beta_schedule',
            'read_base_structure', 'build_model', 'CryoSphereLoss', 'param_groups', 'save_epoch_files', 'load_weights',
            'EpochFiles', 'estimate_f_std', 'make_trainer', 'train', 'analyze', 'segmentation_figures', 'segment_ranges',
@@ -308,35 +308,8 @@ IMAGE_DEFAULTS = {"apix": None, "Npix": None, "Npix_downsize": None, "sigma_gmm"
 _FREE = {"segmentation_config", "scheduler"}                 # checked by their own readers
 _SCHED_KEYS = {"schedule", "beta", "M", "R"}
 
-_NUM = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
-
-def _number(v):
-    "A YAML value as a float: numbers, and strings such as '1e-10' (PyYAML reads exponents without a dot as text)."
-    if isinstance(v, bool): raise TypeError
-    if isinstance(v, (int, float)): return float(v)
-    if isinstance(v, str) and _NUM.match(v): return float(v)
-    raise TypeError
-
-def read_yaml(path) -> dict:
-    """A YAML mapping from `path`. Raises `FileNotFoundError`, or `InputError` naming the file and line for a tab in
-    the indentation (YAML allows spaces only; the reference's example `parameters.yaml` has tabs), a syntax error or
-    a document that is not a mapping."""
-    import yaml
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text()
-    for i, line in enumerate(text.splitlines(), 1):
-        lead = line[:len(line) - len(line.lstrip(" \t"))]
-        if "\t" in lead:
-            raise InputError(f"{path}: line {i}: a tab in the indentation; YAML indents with spaces only "
-                             f"(replace the tabs, keeping each key under its parent)")
-    try: d = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = f"line {e.problem_mark.line + 1}: " if getattr(e, "problem_mark", None) is not None else ""
-        raise InputError(f"{path}: {where}not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if d is None: d = {}
-    if not isinstance(d, dict): raise InputError(f"{path}: expected a mapping of keys, got {type(d).__name__}")
-    return d
+# the YAML reader and the number rule (PyYAML leaves "1e-10" as text) are `cryonb.io.config`'s, shared with cryoSTAR
+from ..io.config import read_yaml, yaml_number as _number
 
 def _merge_known(base: dict, new: dict, src, prefix=""):
     "Update `base` with `new`; keys absent from `base` are errors (named), except under free-form sections."

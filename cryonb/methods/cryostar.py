@@ -120,14 +120,8 @@ def _get(cfg, key):
     for part in key.split("."): cur = cur[part]
     return cur
 
-_NUM = __import__("re").compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
-
-def _coerce(v):
-    "PyYAML (YAML 1.1) reads `1e-4` as a string: turn such numbers into floats, recursively."
-    if isinstance(v, str) and _NUM.match(v.strip()): return float(v)
-    if isinstance(v, dict): return {k: _coerce(x) for k, x in v.items()}
-    if isinstance(v, list): return [_coerce(x) for x in v]
-    return v
+# PyYAML (YAML 1.1) reads `1e-4` as a string: `cryonb.io.config` turns such numbers into floats (shared with cryoSPHERE)
+from ..io.config import read_yaml, coerce_numbers as _coerce
 
 def apply_overrides(cfg: dict, options) -> dict:
     """`--cfg-options key=value …` (dotted keys; values parsed as YAML scalars/lists). Unknown keys raise
@@ -165,11 +159,7 @@ def load_config(path=None, options=None) -> dict:
         path, src = Path(path), str(path)
         if not path.exists(): raise FileNotFoundError(f"{path}: no such config file")
         if path.suffix == ".py": new = read_py_config(path)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-            try: new = _coerce(yaml.safe_load(path.read_text()) or {})
-            except yaml.YAMLError as e: raise InputError(f"{path}: not valid YAML ({e})") from None
-            if not isinstance(new, dict): raise InputError(f"{path}: expected a mapping of config keys")
+        elif path.suffix in (".yaml", ".yml"): new = read_yaml(path)   # tabs, syntax and non-mappings named with file and line
         else: raise InputError(f"{path}: expected a .yaml, .yml or .py config file")
         _merge(cfg, new, src)
     apply_overrides(cfg, options)
