@@ -180,6 +180,8 @@ class AtomicVAE(nn.Module):
         self.encoder, self.deformer, self.imaging = encoder, deformer, imaging
 
     def encode_batch(self, batch: dict):
+        """`(μ, log σ²)`, each `(B, zdim)`, of a batch: the encoder on `batch["images"] (B, D, D)`, or, for
+        `PerImageLatents`, the learned means of the particles `batch["index"]` (`InputError` without it)."""
         if isinstance(self.encoder, PerImageLatents): return self.encoder(None, batch.get("index"))
         return self.encoder(batch["images"])
 

@@ -80,6 +80,15 @@ def test_bad_config_exit_2_names_file_and_key(tmp_path, capsys, text, key):
     assert rc == 2 and "cryonb cryostar: error:" in err and "c.yaml" in err and key in err
 
 
+@pytest.mark.parametrize("name", ["c.yaml", "c.py"])
+def test_binary_config_exit_2(tmp_path, capsys, name):
+    "A binary file given as the config (.yaml or .py) is an input error naming it, not a UnicodeDecodeError traceback."
+    y = tmp_path / name; y.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert cli.main(["cryostar", "train-atom", str(y), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cryonb cryostar: error:" in err and name in err and "not a text" in err and "Traceback" not in err
+
+
 def test_unknown_override_and_missing_inputs(tmp_path, capsys):
     assert cli.main(["cryostar", "train-atom", "-o", str(tmp_path), "--cfg-options", "loss.nope=1"]) == 2
     assert "loss.nope" in capsys.readouterr().err

@@ -34,11 +34,12 @@ def coerce_numbers(v):
 def read_yaml(path, numbers: bool = True) -> dict:
     """The YAML mapping in `path` (an empty file gives `{}`); with `numbers`, exponent strings become floats
     (`coerce_numbers`). Raises `FileNotFoundError`, or `InputError` naming the file and line for a tab in the
-    indentation (YAML indents with spaces only), a syntax error, or a document that is not a mapping."""
+    indentation (YAML indents with spaces only), a syntax error, a binary file, or a document that is not a mapping."""
     import yaml
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text()
+    try: text = path.read_text()
+    except UnicodeDecodeError as e: raise InputError(f"{path}: not a text (YAML) file ({e.reason} at byte {e.start})") from None
     for i, line in enumerate(text.splitlines(), 1):
         lead = line[:len(line) - len(line.lstrip(" \t"))]
         if "\t" in lead:

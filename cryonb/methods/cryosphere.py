@@ -176,6 +176,8 @@ cut already; the reference's ELU + 1 underflows to 0 for very negative draws and
         return W
 
     def kl(self, eps: float = 1e-10) -> dict:
+        """KL of the segmentation posteriors to their priors, summed over parts and segments: `{"mean", "std",
+        "proportions"}` → 0-d tensors (the reference's three segmentation KL terms; `eps` guards σ → 0)."""
         out = {}
         for name, (m, s) in {"mean": ("means_means", "means_stds"), "std": ("stds_means", "stds_stds"),
                              "proportions": ("proportions_means", "proportions_stds")}.items():
@@ -223,6 +225,8 @@ class SegmentDeformer(Deformer):
         self.last_weights = None
 
     def motions(self, z):
+        """Per-segment motions of latents `z (B, zdim)`: rotation vectors `(B, K, 3)` (radians, from the decoder's
+        (1, v) quaternion as the reference maps it) and translations `(B, K, 3)` Å."""
         o = self.net(z).reshape(z.shape[0], self.K, 6)
         return quat1v_to_rotvec(o[..., 3:]), o[..., :3]
 
@@ -268,8 +272,11 @@ class CryoSphereVAE(AtomicVAE):
         out["weights"] = self.deformer.last_weights
         return out
 
-    def segmentation_parameters(self): return list(self.deformer.segmenter.parameters())
+    def segmentation_parameters(self):
+        "The segmentation posterior's parameters (the reference's second learning-rate group)."
+        return list(self.deformer.segmenter.parameters())
     def network_parameters(self):
+        "Every other parameter (encoder or per-image latents, decoder): the first learning-rate group."
         seg = {id(p) for p in self.segmentation_parameters()}
         return [p for p in self.parameters() if id(p) not in seg]
     def penalised_weights(self) -> list:

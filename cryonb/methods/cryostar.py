@@ -98,6 +98,7 @@ def read_py_config(path) -> dict:
     path = Path(path)
     try: tree = ast.parse(path.read_text(), filename=str(path))
     except SyntaxError as e: raise InputError(f"{path}: line {e.lineno}: not a Python config ({e.msg})") from None
+    except (UnicodeDecodeError, ValueError) as e: raise InputError(f"{path}: not a text Python config ({e})") from None
     names = {}
     for st in tree.body:
         if isinstance(st, (ast.Import, ast.ImportFrom, ast.Expr)): continue
@@ -181,7 +182,9 @@ class DisplacementDeformer(Deformer):
         super().__init__(reference, zdim)
         self.net = nn.Sequential(mlp([zdim, *hidden]), nn.Linear(hidden[-1], 3 * self.n_res))
 
-    def displacement(self, z): return self.net(z).reshape(z.shape[0], self.n_res, 3)
+    def displacement(self, z):
+        "Per-residue displacements `(B, N, 3)` Å of latents `z (B, zdim)` (the decoder's output)."
+        return self.net(z).reshape(z.shape[0], self.n_res, 3)
     def forward(self, z): return self.reference + self.displacement(z)
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.01) -> torch.optim.Optimizer:
@@ -299,6 +302,9 @@ class AtomTrainer:
         return t.fit(self.ds, resume=True, stop_fn=stop)
 
     def run(self, max_steps: int | None = None, progress: bool = True) -> AtomicVAE:
+        """Train the atom generator to `max_steps` (default `runner.max_steps`): the reference-init phase first when
+        `do_ref_init`, then the main phase on `training.Trainer`, resuming from `outdir/checkpoints` after a kill and
+        writing `ckpt.pt` every `runner.ckpt_every_n_steps`. Returns the model (raises `TrainingDiverged` on NaN)."""
         max_steps = int(max_steps or self.cfg["runner"]["max_steps"])
         if self.cfg["do_ref_init"]: self.reference_init(progress=False)
         save = _SaveModel(self.outdir / "ckpt.pt", self.cfg["runner"]["ckpt_every_n_steps"], self.cfg)
@@ -502,6 +508,9 @@ class DensityTrainer:
     def step(self) -> int: return 0 if self.trainer is None else self.trainer.step
 
     def run(self, progress: bool = True) -> "DensityTrainer":
+        """Train the two half-set density networks on the fixed latents (`training.Trainer`, checkpoints and
+        `log_density.jsonl` in `outdir/density/`, resuming after a kill). Raises `InputError` when the checkpoint found
+        there was trained on other latents. Returns `self`."""
         c = self.c
         cfg = TrainConfig(max_steps=int(c["max_steps"]), batch_size=max(1, min(2 * int(c["batch"]), len(self.ds) // distributed.world_size())),
                           lr=float(c["lr"]), weight_decay=0.01, amp=c["amp"], seed=self.seed, fused=True,
